@@ -1,0 +1,375 @@
+//! RFC 8785 (JSON Canonicalization Scheme) serialization: the exact bytes Vellum hashes, signs
+//! and stores.
+//!
+//! Written by hand rather than through a generic serde serializer because it runs for every
+//! event on the ingest path and because the pipeline canonicalizes an event's top-level members
+//! ahead of sequencing ([`CanonicalMembers`]) and splices the server fields in afterwards. The
+//! `serde_json_canonicalizer` crate serves as the test oracle.
+//!
+//! Rules (RFC 8785 §3.2): no insignificant whitespace; object members sorted by the UTF-16 code
+//! units of their names; strings escaped as ECMAScript `JSON.stringify` does (only `"`, `\` and
+//! C0 controls, with `\b \t \n \f \r` short forms and lowercase `\u00xx` otherwise); numbers
+//! printed as ECMAScript `Number.prototype.toString` does for IEEE-754 doubles.
+
+use serde_json::{Map, Value};
+use std::cmp::Ordering;
+
+/// Largest integer magnitude that an IEEE-754 double holds exactly (2^53). Integers beyond it
+/// cannot pass through RFC 8785 unchanged, so validation refuses them.
+pub const MAX_SAFE_INTEGER: u64 = 1 << 53;
+
+/// Compares two member names in RFC 8785 order: by UTF-16 code units.
+///
+/// For two ASCII strings this is byte order (the common case, taken without re-encoding).
+pub fn cmp_member_names(a: &str, b: &str) -> Ordering {
+    if a.is_ascii() && b.is_ascii() {
+        a.as_bytes().cmp(b.as_bytes())
+    } else {
+        a.encode_utf16().cmp(b.encode_utf16())
+    }
+}
+
+/// Serializes `value` in canonical form.
+pub fn to_canonical_string(value: &Value) -> String {
+    let mut out = String::with_capacity(256);
+    write_value(&mut out, value);
+    out
+}
+
+/// Appends the canonical form of `value` to `out`.
+pub fn write_value(out: &mut String, value: &Value) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(true) => out.push_str("true"),
+        Value::Bool(false) => out.push_str("false"),
+        Value::Number(n) => write_number(out, n),
+        Value::String(s) => write_string(out, s),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_value(out, item);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => write_object(out, map),
+    }
+}
+
+fn write_object(out: &mut String, map: &Map<String, Value>) {
+    let mut members: Vec<(&String, &Value)> = map.iter().collect();
+    // serde_json's default map is a BTreeMap ordered by bytes, which is already RFC 8785 order
+    // for ASCII names; sort only when the order is not already right (non-ASCII names, or a
+    // map that preserves insertion order because some crate enabled `preserve_order`).
+    if !members.is_sorted_by(|a, b| cmp_member_names(a.0, b.0) != Ordering::Greater) {
+        members.sort_by(|a, b| cmp_member_names(a.0, b.0));
+    }
+    out.push('{');
+    for (i, (key, value)) in members.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_string(out, key);
+        out.push(':');
+        write_value(out, value);
+    }
+    out.push('}');
+}
+
+/// Appends a string literal escaped as RFC 8785 §3.2.2.2 requires.
+pub fn write_string(out: &mut String, s: &str) {
+    out.reserve(s.len() + 2);
+    out.push('"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: Option<&str> = match b {
+            b'"' => Some("\\\""),
+            b'\\' => Some("\\\\"),
+            0x08 => Some("\\b"),
+            0x09 => Some("\\t"),
+            0x0A => Some("\\n"),
+            0x0C => Some("\\f"),
+            0x0D => Some("\\r"),
+            0x00..=0x1F => None,
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        match escape {
+            Some(text) => out.push_str(text),
+            None => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.push_str("\\u00");
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 0x0F)]));
+            }
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+fn write_number(out: &mut String, n: &serde_json::Number) {
+    if let Some(u) = n.as_u64() {
+        if u <= MAX_SAFE_INTEGER {
+            out.push_str(itoa::Buffer::new().format(u));
+            return;
+        }
+    } else if let Some(i) = n.as_i64()
+        && i.unsigned_abs() <= MAX_SAFE_INTEGER
+    {
+        out.push_str(itoa::Buffer::new().format(i));
+        return;
+    }
+    // Everything else is formatted as the double it denotes (ECMAScript Number::toString).
+    // serde_json never holds a non-finite number, so `as_f64` of a Number is finite.
+    let f = n.as_f64().unwrap_or(0.0);
+    if f == 0.0 {
+        out.push('0'); // both +0 and -0 print as "0"
+    } else {
+        out.push_str(ryu_js::Buffer::new().format_finite(f));
+    }
+}
+
+/// An event's top-level members, each already in canonical `"name":value` form and ordered
+/// by name as RFC 8785 requires.
+///
+/// The ingest pipeline builds this before an event is sequenced (in parallel across request
+/// tasks), then the single writer adds the server fields (`id`, `seq`, `prevHash`, …) with
+/// [`CanonicalMembers::join_with`] at the cost of a memory copy, keeping the serial part of
+/// ingest short.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CanonicalMembers {
+    members: Vec<(String, String)>,
+}
+
+impl CanonicalMembers {
+    /// Canonicalizes every member of `map`.
+    pub fn from_map(map: &Map<String, Value>) -> Self {
+        let mut members: Vec<(String, String)> = map
+            .iter()
+            .map(|(k, v)| {
+                let mut text = String::with_capacity(k.len() + 16);
+                write_string(&mut text, k);
+                text.push(':');
+                write_value(&mut text, v);
+                (k.clone(), text)
+            })
+            .collect();
+        members.sort_by(|a, b| cmp_member_names(&a.0, &b.0));
+        Self { members }
+    }
+
+    /// Total length of the members' text (without braces and commas).
+    pub fn text_len(&self) -> usize {
+        self.members.iter().map(|(_, t)| t.len()).sum()
+    }
+
+    /// Whether a member with this name exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.members
+            .binary_search_by(|(k, _)| cmp_member_names(k, name))
+            .is_ok()
+    }
+
+    /// The canonical object made of these members plus `extra` members (`(name, canonical
+    /// value text)`). `extra` names must not already be present; they need not be sorted.
+    pub fn join_with(&self, extra: &mut [(&str, String)]) -> String {
+        extra.sort_by(|a, b| cmp_member_names(a.0, b.0));
+        let extra_len: usize = extra.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+        let mut out = String::with_capacity(self.text_len() + self.members.len() + extra_len + 2);
+        out.push('{');
+        let mut first = true;
+        let mut push = |out: &mut String, text: &str| {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            out.push_str(text);
+        };
+        let mut extra_iter = extra.iter().peekable();
+        for (name, text) in &self.members {
+            while let Some((extra_name, extra_value)) = extra_iter.peek() {
+                if cmp_member_names(extra_name, name) == Ordering::Less {
+                    push(&mut out, "");
+                    write_string(&mut out, extra_name);
+                    out.push(':');
+                    out.push_str(extra_value);
+                    extra_iter.next();
+                } else {
+                    break;
+                }
+            }
+            push(&mut out, text);
+        }
+        for (extra_name, extra_value) in extra_iter {
+            push(&mut out, "");
+            write_string(&mut out, extra_name);
+            out.push(':');
+            out.push_str(extra_value);
+        }
+        out.push('}');
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn canon(text: &str) -> String {
+        let value: Value = serde_json::from_str(text).expect("test JSON parses");
+        to_canonical_string(&value)
+    }
+
+    /// RFC 8785 §3.2.2.3, the "sorting of object properties" example.
+    #[test]
+    fn rfc8785_sorting_example() {
+        let input = r#"{
+            "\u20ac": "Euro Sign",
+            "\r": "Carriage Return",
+            "\ufb33": "Hebrew Letter Dalet With Dagesh",
+            "1": "One",
+            "\ud83d\ude00": "Emoji: Grinning Face",
+            "\u0080": "Control",
+            "\u00f6": "Latin Small Letter O With Diaeresis"
+        }"#;
+        let expected = "{\"\\r\":\"Carriage Return\",\"1\":\"One\",\"\u{80}\":\"Control\",\"\u{f6}\":\"Latin Small Letter O With Diaeresis\",\"\u{20ac}\":\"Euro Sign\",\"\u{1f600}\":\"Emoji: Grinning Face\",\"\u{fb33}\":\"Hebrew Letter Dalet With Dagesh\"}";
+        assert_eq!(canon(input), expected);
+    }
+
+    /// RFC 8785 §3.2.2 main example (numbers, literals, string escapes).
+    #[test]
+    fn rfc8785_main_example() {
+        let input = r#"{
+            "numbers": [333333333.33333329, 1E30, 4.50, 2e-3, 0.000000000000000000000000001],
+            "string": "\u20ac$\u000F\u000aA'\u0042\u0022\u005c\\\"\/",
+            "literals": [null, true, false]
+        }"#;
+        let expected = r#"{"literals":[null,true,false],"numbers":[333333333.3333333,1e+30,4.5,0.002,1e-27],"string":"€$\u000f\nA'B\"\\\\\"/"}"#;
+        assert_eq!(canon(input), expected);
+    }
+
+    /// RFC 8785 Appendix B number samples (IEEE-754 → ECMAScript text).
+    #[test]
+    fn rfc8785_number_samples() {
+        let samples: &[(f64, &str)] = &[
+            (0.0, "0"),
+            (-0.0, "0"),
+            (f64::from_bits(0x0000_0000_0000_0001), "5e-324"),
+            (f64::from_bits(0x8000_0000_0000_0001), "-5e-324"),
+            (f64::from_bits(0x7fef_ffff_ffff_ffff), "1.7976931348623157e+308"),
+            (f64::from_bits(0xffef_ffff_ffff_ffff), "-1.7976931348623157e+308"),
+            (f64::from_bits(0x4340_0000_0000_0000), "9007199254740992"),
+            (f64::from_bits(0xc340_0000_0000_0000), "-9007199254740992"),
+            (f64::from_bits(0x4430_0000_0000_0000), "295147905179352830000"),
+            (f64::from_bits(0x44b5_2d02_c7e1_4af5), "9.999999999999997e+22"),
+            (f64::from_bits(0x44b5_2d02_c7e1_4af6), "1e+23"),
+            (f64::from_bits(0x44b5_2d02_c7e1_4af7), "1.0000000000000001e+23"),
+            (f64::from_bits(0x444b_1ae4_d6e2_ef4e), "999999999999999700000"),
+            (f64::from_bits(0x444b_1ae4_d6e2_ef4f), "999999999999999900000"),
+            (f64::from_bits(0x444b_1ae4_d6e2_ef50), "1e+21"),
+            (f64::from_bits(0x3eb0_c6f7_a0b5_ed8c), "9.999999999999997e-7"),
+            (f64::from_bits(0x3eb0_c6f7_a0b5_ed8d), "0.000001"),
+            (f64::from_bits(0x41b3_de43_5555_5553), "333333333.3333332"),
+            (f64::from_bits(0x41b3_de43_5555_5554), "333333333.33333325"),
+            (f64::from_bits(0x41b3_de43_5555_5555), "333333333.3333333"),
+            (f64::from_bits(0x41b3_de43_5555_5556), "333333333.3333334"),
+            (f64::from_bits(0x41b3_de43_5555_5557), "333333333.33333343"),
+            (f64::from_bits(0xbecb_f647_612f_3696), "-0.0000033333333333333333"),
+            (f64::from_bits(0x4314_3ff3_c1cb_0959), "1424953923781206.2"),
+        ];
+        for (value, expected) in samples {
+            let number = serde_json::Number::from_f64(*value).expect("finite");
+            assert_eq!(
+                to_canonical_string(&Value::Number(number)),
+                *expected,
+                "bits {:#x}",
+                value.to_bits()
+            );
+        }
+    }
+
+    #[test]
+    fn integers_beyond_2_pow_53_are_printed_as_doubles() {
+        assert_eq!(canon("9007199254740993"), "9007199254740992");
+        assert_eq!(canon("-12"), "-12");
+        assert_eq!(canon("1.0"), "1");
+    }
+
+    #[test]
+    fn members_join_with_server_fields_in_order() {
+        let map = json!({"status": "success", "action": "a.b", "zeta": 1, "äh": true});
+        let Value::Object(map) = map else { unreachable!() };
+        let members = CanonicalMembers::from_map(&map);
+        assert!(members.contains("zeta"));
+        assert!(!members.contains("seq"));
+        let mut extra = vec![("seq", "7".to_owned()), ("id", "\"x\"".to_owned()), ("~", "0".to_owned())];
+        let joined = members.join_with(&mut extra);
+        let mut full = map.clone();
+        full.insert("seq".into(), json!(7));
+        full.insert("id".into(), json!("x"));
+        full.insert("~".into(), json!(0));
+        assert_eq!(joined, to_canonical_string(&Value::Object(full)));
+    }
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (-(1i64 << 53)..(1i64 << 53)).prop_map(|n| json!(n)),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            any::<String>().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(any::<String>(), inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Our writer agrees with an independent RFC 8785 implementation.
+        #[test]
+        fn agrees_with_reference_implementation(value in arb_json()) {
+            let ours = to_canonical_string(&value);
+            let reference = serde_json_canonicalizer::to_string(&value).expect("reference serializes");
+            prop_assert_eq!(ours, reference);
+        }
+
+        /// Canonical text parses back to the same value and is a fixed point.
+        #[test]
+        fn canonical_form_is_a_fixed_point(value in arb_json()) {
+            let once = to_canonical_string(&value);
+            let reparsed: Value = serde_json::from_str(&once).expect("canonical output is JSON");
+            prop_assert_eq!(to_canonical_string(&reparsed), once);
+        }
+
+        /// Splicing members gives the same text as canonicalizing the whole object.
+        #[test]
+        fn spliced_members_equal_whole_object(
+            map in prop::collection::btree_map("[a-zA-Z\u{e9}\u{1F600}]{1,6}", arb_json(), 0..8),
+            seq in 0u64..1_000_000,
+        ) {
+            let map: Map<String, Value> = map.into_iter().filter(|(k, _)| k != "seq" && k != "logId").collect();
+            let members = CanonicalMembers::from_map(&map);
+            let mut extra = vec![("seq", seq.to_string()), ("logId", "\"default\"".to_owned())];
+            let joined = members.join_with(&mut extra);
+            let mut full = map.clone();
+            full.insert("seq".into(), json!(seq));
+            full.insert("logId".into(), json!("default"));
+            prop_assert_eq!(joined, to_canonical_string(&Value::Object(full)));
+        }
+    }
+}

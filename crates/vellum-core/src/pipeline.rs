@@ -1,0 +1,283 @@
+//! The path of one event through the pure core: raw client JSON → sanitized, validated,
+//! defaulted, redacted → [`PreparedEvent`] (canonical members, computed in parallel by request
+//! tasks) → [`seal`] (server fields spliced in, hashed, signed, chained — done by the single
+//! writer of a log, in sequence order).
+
+use crate::FieldError;
+use crate::canonical::{CanonicalMembers, write_string};
+use crate::config::ValidationConfig;
+use crate::integrity::{HmacKeyring, event_hash, to_hex};
+use crate::model::{EVENT_VERSION, Severity, default_retention_policy};
+use crate::redact::Redactor;
+use crate::sanitize::{SecuritySignal, sanitize};
+use crate::time_fmt::format_server_time;
+use crate::validate::validate;
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+/// The configured event pipeline: validation limits and compiled redaction rules.
+#[derive(Debug)]
+pub struct Pipeline {
+    validation: ValidationConfig,
+    redactor: Redactor,
+}
+
+/// An event that passed validation, with its top-level members already canonical. Everything
+/// but the server's sequencing fields is final.
+#[derive(Debug, Clone)]
+pub struct PreparedEvent {
+    /// Canonical members of the stored event, minus the sequencing fields.
+    pub members: CanonicalMembers,
+    /// The per-event `idempotencyKey`, if the client sent one.
+    pub idempotency_key: Option<String>,
+    /// The tenant, used to pick the log when logs are per organization.
+    pub organization_id: Option<String>,
+    /// Pointers of redacted values (also stored in the event as `redactions`).
+    pub redactions: Vec<String>,
+    /// Injection-looking values found by sanitization, for the detection rules.
+    pub signals: Vec<SecuritySignal>,
+}
+
+/// The fields the writer assigns when it sequences an event.
+#[derive(Debug, Clone, Copy)]
+pub struct Sequencing<'a> {
+    /// UUIDv7 of the event, as text.
+    pub id: &'a str,
+    /// Log the event is appended to.
+    pub log_id: &'a str,
+    /// Position in that log.
+    pub seq: u64,
+    /// Server acceptance time, formatted by [`format_server_time`].
+    pub received_at: &'a str,
+    /// Hash of the event at `seq - 1` (zeros at 0).
+    pub prev_hash: &'a [u8; 32],
+}
+
+/// A sequenced event: the exact stored text, its hash and its signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedEvent {
+    /// RFC 8785 text of the stored event without `hash` and `signature`: what is hashed,
+    /// signed and stored, byte for byte.
+    pub canonical: String,
+    /// SHA-256 of `canonical`.
+    pub hash: [u8; 32],
+    /// `(keyId, HMAC-SHA256 of canonical)` when signatures are on.
+    pub signature: Option<(String, [u8; 32])>,
+}
+
+impl Pipeline {
+    /// Builds a pipeline from its validation limits and compiled redaction rules.
+    pub fn new(validation: ValidationConfig, redactor: Redactor) -> Self {
+        Self {
+            validation,
+            redactor,
+        }
+    }
+
+    /// The validation limits in force.
+    pub fn validation(&self) -> &ValidationConfig {
+        &self.validation
+    }
+
+    /// Runs sanitization, validation, defaults and redaction on one client event and
+    /// canonicalizes its members. `encoded_len` is the size of the event's JSON as sent;
+    /// `now` fills `timestamp` when the client sent none.
+    pub fn prepare(
+        &self,
+        mut event: Value,
+        encoded_len: usize,
+        now: OffsetDateTime,
+    ) -> Result<PreparedEvent, Vec<FieldError>> {
+        let signals = sanitize(&mut event);
+        validate(&event, encoded_len, &self.validation)?;
+        let Value::Object(mut map) = event else {
+            return Err(vec![FieldError::new("", "an event must be a JSON object")]);
+        };
+        apply_defaults(&mut map, now);
+        let redactions = self.redactor.redact(&mut map);
+        if !redactions.is_empty() {
+            map.insert(
+                "redactions".to_owned(),
+                Value::Array(redactions.iter().cloned().map(Value::String).collect()),
+            );
+        }
+        let idempotency_key = map
+            .get("idempotencyKey")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let organization_id = map
+            .get("organizationId")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        Ok(PreparedEvent {
+            members: CanonicalMembers::from_map(&map),
+            idempotency_key,
+            organization_id,
+            redactions,
+            signals,
+        })
+    }
+}
+
+/// Fills the fields the server defaults (SPEC §2): `timestamp`, `dataClassification`,
+/// `severity`, `retentionPolicy`, `eventVersion`.
+fn apply_defaults(map: &mut Map<String, Value>, now: OffsetDateTime) {
+    if !map.contains_key("timestamp") {
+        map.insert("timestamp".into(), Value::String(format_server_time(now)));
+    }
+    let classification = match map.get("dataClassification").and_then(Value::as_str) {
+        Some(c) => c.to_owned(),
+        None => {
+            map.insert("dataClassification".into(), Value::String("INTERNAL".into()));
+            "INTERNAL".to_owned()
+        }
+    };
+    if !map.contains_key("severity") {
+        let action = map.get("action").and_then(Value::as_str).unwrap_or("");
+        let status = map.get("status").and_then(Value::as_str).unwrap_or("");
+        let emergency = map
+            .get("healthcareContext")
+            .and_then(|h| h.get("emergencyAccess"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let severity = Severity::derive(action, status, emergency);
+        map.insert("severity".into(), Value::String(severity.as_str().into()));
+    }
+    if !map.contains_key("retentionPolicy") {
+        map.insert(
+            "retentionPolicy".into(),
+            Value::String(default_retention_policy(&classification).into()),
+        );
+    }
+    if !map.contains_key("eventVersion") {
+        map.insert("eventVersion".into(), Value::String(EVENT_VERSION.into()));
+    }
+}
+
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    write_string(&mut out, text);
+    out
+}
+
+/// Adds the sequencing fields to a prepared event, then hashes and (when a keyring is given)
+/// signs the canonical text. This is the only step that must run in sequence order.
+pub fn seal(
+    prepared: &PreparedEvent,
+    sequencing: &Sequencing<'_>,
+    keyring: Option<&HmacKeyring>,
+) -> SealedEvent {
+    let mut extra: Vec<(&str, String)> = Vec::with_capacity(6);
+    extra.push(("id", json_string(sequencing.id)));
+    extra.push(("logId", json_string(sequencing.log_id)));
+    extra.push(("seq", itoa::Buffer::new().format(sequencing.seq).to_owned()));
+    extra.push(("receivedAt", json_string(sequencing.received_at)));
+    extra.push(("prevHash", json_string(&to_hex(sequencing.prev_hash))));
+    if let Some(ring) = keyring {
+        extra.push(("keyId", json_string(ring.active_key_id())));
+    }
+    let canonical = prepared.members.join_with(&mut extra);
+    let hash = event_hash(&canonical);
+    let signature =
+        keyring.map(|ring| (ring.active_key_id().to_owned(), ring.sign(canonical.as_bytes())));
+    SealedEvent {
+        canonical,
+        hash,
+        signature,
+    }
+}
+
+/// Formats the current time as the server writes it.
+pub fn server_now() -> (OffsetDateTime, String) {
+    let now = OffsetDateTime::now_utc();
+    (now, format_server_time(now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::canonical::to_canonical_string;
+    use crate::config::RedactionConfig;
+    use crate::integrity::{DEFAULT_KEY_ID, GENESIS_PREV_HASH};
+    use serde_json::json;
+    use zeroize::Zeroizing;
+
+    fn pipeline() -> Pipeline {
+        let redactor = Redactor::new(&RedactionConfig::default(), b"token-key-for-tests").expect("ok");
+        Pipeline::new(ValidationConfig::default(), redactor)
+    }
+
+    fn now() -> OffsetDateTime {
+        crate::time_fmt::parse_rfc3339("2026-11-23T09:00:00Z").expect("valid")
+    }
+
+    #[test]
+    fn prepare_fills_defaults() {
+        let prepared = pipeline()
+            .prepare(json!({"action": "fhir.patient.read", "status": "success"}), 50, now())
+            .expect("valid");
+        let sealed = seal(
+            &prepared,
+            &Sequencing {
+                id: "0190f5e2-0000-7000-8000-000000000000",
+                log_id: "default",
+                seq: 0,
+                received_at: "2026-11-23T09:00:00.000001Z",
+                prev_hash: &GENESIS_PREV_HASH,
+            },
+            None,
+        );
+        let stored: Value = serde_json::from_str(&sealed.canonical).expect("json");
+        assert_eq!(stored["timestamp"], "2026-11-23T09:00:00.000000Z");
+        assert_eq!(stored["dataClassification"], "INTERNAL");
+        assert_eq!(stored["severity"], "low");
+        assert_eq!(stored["retentionPolicy"], "administrative");
+        assert_eq!(stored["eventVersion"], "1.0");
+        assert_eq!(stored["seq"], 0);
+        assert_eq!(stored["prevHash"], "0".repeat(64));
+        assert!(stored.get("keyId").is_none());
+        assert_eq!(sealed.signature, None);
+    }
+
+    /// The hash covers exactly the canonical text, which equals an independent RFC 8785
+    /// serialization of the stored object; the signature is HMAC over the same bytes.
+    #[test]
+    fn seal_hashes_exactly_the_canonical_text() {
+        let ring = HmacKeyring::single(Zeroizing::new(b"a-test-secret-of-some-length".to_vec()))
+            .expect("ok");
+        let prepared = pipeline()
+            .prepare(
+                json!({"action": "auth.login.failure", "status": "failure", "principalId": "u1",
+                       "custom": {"nested": [1, 2.5, "x"]}}),
+                120,
+                now(),
+            )
+            .expect("valid");
+        let prev = [7u8; 32];
+        let sealed = seal(
+            &prepared,
+            &Sequencing {
+                id: "id-1",
+                log_id: "default",
+                seq: 41,
+                received_at: "2026-11-23T09:00:00.000001Z",
+                prev_hash: &prev,
+            },
+            Some(&ring),
+        );
+        let stored: Value = serde_json::from_str(&sealed.canonical).expect("json");
+        assert_eq!(to_canonical_string(&stored), sealed.canonical);
+        assert_eq!(sealed.hash, event_hash(&sealed.canonical));
+        assert_eq!(stored["keyId"], DEFAULT_KEY_ID);
+        assert_eq!(stored["severity"], "high");
+        assert_eq!(stored["prevHash"], to_hex(&prev));
+        let (key_id, sig) = sealed.signature.expect("signed");
+        assert_eq!(ring.verify(&key_id, sealed.canonical.as_bytes(), &sig), Ok(()));
+    }
+
+    #[test]
+    fn non_object_is_refused() {
+        let errors = pipeline().prepare(json!([1, 2]), 5, now()).expect_err("refused");
+        assert_eq!(errors[0].path, "");
+    }
+}
