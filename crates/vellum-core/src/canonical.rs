@@ -263,25 +263,52 @@ mod tests {
             (-0.0, "0"),
             (f64::from_bits(0x0000_0000_0000_0001), "5e-324"),
             (f64::from_bits(0x8000_0000_0000_0001), "-5e-324"),
-            (f64::from_bits(0x7fef_ffff_ffff_ffff), "1.7976931348623157e+308"),
-            (f64::from_bits(0xffef_ffff_ffff_ffff), "-1.7976931348623157e+308"),
+            (
+                f64::from_bits(0x7fef_ffff_ffff_ffff),
+                "1.7976931348623157e+308",
+            ),
+            (
+                f64::from_bits(0xffef_ffff_ffff_ffff),
+                "-1.7976931348623157e+308",
+            ),
             (f64::from_bits(0x4340_0000_0000_0000), "9007199254740992"),
             (f64::from_bits(0xc340_0000_0000_0000), "-9007199254740992"),
-            (f64::from_bits(0x4430_0000_0000_0000), "295147905179352830000"),
-            (f64::from_bits(0x44b5_2d02_c7e1_4af5), "9.999999999999997e+22"),
+            (
+                f64::from_bits(0x4430_0000_0000_0000),
+                "295147905179352830000",
+            ),
+            (
+                f64::from_bits(0x44b5_2d02_c7e1_4af5),
+                "9.999999999999997e+22",
+            ),
             (f64::from_bits(0x44b5_2d02_c7e1_4af6), "1e+23"),
-            (f64::from_bits(0x44b5_2d02_c7e1_4af7), "1.0000000000000001e+23"),
-            (f64::from_bits(0x444b_1ae4_d6e2_ef4e), "999999999999999700000"),
-            (f64::from_bits(0x444b_1ae4_d6e2_ef4f), "999999999999999900000"),
+            (
+                f64::from_bits(0x44b5_2d02_c7e1_4af7),
+                "1.0000000000000001e+23",
+            ),
+            (
+                f64::from_bits(0x444b_1ae4_d6e2_ef4e),
+                "999999999999999700000",
+            ),
+            (
+                f64::from_bits(0x444b_1ae4_d6e2_ef4f),
+                "999999999999999900000",
+            ),
             (f64::from_bits(0x444b_1ae4_d6e2_ef50), "1e+21"),
-            (f64::from_bits(0x3eb0_c6f7_a0b5_ed8c), "9.999999999999997e-7"),
+            (
+                f64::from_bits(0x3eb0_c6f7_a0b5_ed8c),
+                "9.999999999999997e-7",
+            ),
             (f64::from_bits(0x3eb0_c6f7_a0b5_ed8d), "0.000001"),
             (f64::from_bits(0x41b3_de43_5555_5553), "333333333.3333332"),
             (f64::from_bits(0x41b3_de43_5555_5554), "333333333.33333325"),
             (f64::from_bits(0x41b3_de43_5555_5555), "333333333.3333333"),
             (f64::from_bits(0x41b3_de43_5555_5556), "333333333.3333334"),
             (f64::from_bits(0x41b3_de43_5555_5557), "333333333.33333343"),
-            (f64::from_bits(0xbecb_f647_612f_3696), "-0.0000033333333333333333"),
+            (
+                f64::from_bits(0xbecb_f647_612f_3696),
+                "-0.0000033333333333333333",
+            ),
             (f64::from_bits(0x4314_3ff3_c1cb_0959), "1424953923781206.2"),
         ];
         for (value, expected) in samples {
@@ -305,11 +332,17 @@ mod tests {
     #[test]
     fn members_join_with_server_fields_in_order() {
         let map = json!({"status": "success", "action": "a.b", "zeta": 1, "äh": true});
-        let Value::Object(map) = map else { unreachable!() };
+        let Value::Object(map) = map else {
+            unreachable!()
+        };
         let members = CanonicalMembers::from_map(&map);
         assert!(members.contains("zeta"));
         assert!(!members.contains("seq"));
-        let mut extra = vec![("seq", "7".to_owned()), ("id", "\"x\"".to_owned()), ("~", "0".to_owned())];
+        let mut extra = vec![
+            ("seq", "7".to_owned()),
+            ("id", "\"x\"".to_owned()),
+            ("~", "0".to_owned()),
+        ];
         let joined = members.join_with(&mut extra);
         let mut full = map.clone();
         full.insert("seq".into(), json!(7));

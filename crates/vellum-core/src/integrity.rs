@@ -146,7 +146,12 @@ impl HmacKeyring {
     }
 
     /// Checks `signature` over `bytes` under `key_id`, in constant time.
-    pub fn verify(&self, key_id: &str, bytes: &[u8], signature: &[u8]) -> Result<(), SignatureError> {
+    pub fn verify(
+        &self,
+        key_id: &str,
+        bytes: &[u8],
+        signature: &[u8],
+    ) -> Result<(), SignatureError> {
         let key = self
             .keys
             .get(key_id)
@@ -197,8 +202,14 @@ mod tests {
         HmacKeyring::new(
             "k2",
             [
-                ("default".to_owned(), Zeroizing::new(b"0123456789abcdef-one".to_vec())),
-                ("k2".to_owned(), Zeroizing::new(b"0123456789abcdef-two".to_vec())),
+                (
+                    "default".to_owned(),
+                    Zeroizing::new(b"0123456789abcdef-one".to_vec()),
+                ),
+                (
+                    "k2".to_owned(),
+                    Zeroizing::new(b"0123456789abcdef-two".to_vec()),
+                ),
             ],
         )
         .expect("valid keyring")
@@ -223,7 +234,8 @@ mod tests {
             to_hex(&out),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
-        let ring = HmacKeyring::single(Zeroizing::new(b"Jefe-but-longer-key!".to_vec())).expect("ok");
+        let ring =
+            HmacKeyring::single(Zeroizing::new(b"Jefe-but-longer-key!".to_vec())).expect("ok");
         let mut mac = <HmacSha256 as KeyInit>::new_from_slice(b"Jefe-but-longer-key!").expect("ok");
         mac.update(b"msg");
         let expected: [u8; 32] = mac.finalize().into_bytes().into();
@@ -236,12 +248,16 @@ mod tests {
         assert_eq!(ring.active_key_id(), "k2");
         let sig = ring.sign(b"event");
         assert_eq!(ring.verify("k2", b"event", &sig), Ok(()));
-        assert_eq!(ring.verify("default", b"event", &sig), Err(SignatureError::Mismatch));
+        assert_eq!(
+            ring.verify("default", b"event", &sig),
+            Err(SignatureError::Mismatch)
+        );
         assert_eq!(
             ring.verify("k9", b"event", &sig),
             Err(SignatureError::UnknownKey("k9".into()))
         );
-        let old = HmacKeyring::single(Zeroizing::new(b"0123456789abcdef-one".to_vec())).expect("ok");
+        let old =
+            HmacKeyring::single(Zeroizing::new(b"0123456789abcdef-one".to_vec())).expect("ok");
         assert_eq!(ring.verify("default", b"e", &old.sign(b"e")), Ok(()));
     }
 

@@ -20,5 +20,6 @@ pub mod redact;
 pub mod sanitize;
 pub mod time_fmt;
 pub mod validate;
+pub mod verify;
 
 pub use error::FieldError;

@@ -234,11 +234,26 @@ mod tests {
 
     #[test]
     fn severity_derivation() {
-        assert_eq!(Severity::derive("auth.login.failure", "failure", false), Severity::High);
-        assert_eq!(Severity::derive("fhir.patient.read", "failure", false), Severity::Medium);
-        assert_eq!(Severity::derive("fhir.patient.read", "success", true), Severity::High);
-        assert_eq!(Severity::derive("admin.config.change", "success", false), Severity::Medium);
-        assert_eq!(Severity::derive("fhir.patient.read", "success", false), Severity::Low);
+        assert_eq!(
+            Severity::derive("auth.login.failure", "failure", false),
+            Severity::High
+        );
+        assert_eq!(
+            Severity::derive("fhir.patient.read", "failure", false),
+            Severity::Medium
+        );
+        assert_eq!(
+            Severity::derive("fhir.patient.read", "success", true),
+            Severity::High
+        );
+        assert_eq!(
+            Severity::derive("admin.config.change", "success", false),
+            Severity::Medium
+        );
+        assert_eq!(
+            Severity::derive("fhir.patient.read", "success", false),
+            Severity::Low
+        );
     }
 
     #[test]

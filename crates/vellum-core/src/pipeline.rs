@@ -128,7 +128,10 @@ fn apply_defaults(map: &mut Map<String, Value>, now: OffsetDateTime) {
     let classification = match map.get("dataClassification").and_then(Value::as_str) {
         Some(c) => c.to_owned(),
         None => {
-            map.insert("dataClassification".into(), Value::String("INTERNAL".into()));
+            map.insert(
+                "dataClassification".into(),
+                Value::String("INTERNAL".into()),
+            );
             "INTERNAL".to_owned()
         }
     };
@@ -178,8 +181,12 @@ pub fn seal(
     }
     let canonical = prepared.members.join_with(&mut extra);
     let hash = event_hash(&canonical);
-    let signature =
-        keyring.map(|ring| (ring.active_key_id().to_owned(), ring.sign(canonical.as_bytes())));
+    let signature = keyring.map(|ring| {
+        (
+            ring.active_key_id().to_owned(),
+            ring.sign(canonical.as_bytes()),
+        )
+    });
     SealedEvent {
         canonical,
         hash,
@@ -203,7 +210,8 @@ mod tests {
     use zeroize::Zeroizing;
 
     fn pipeline() -> Pipeline {
-        let redactor = Redactor::new(&RedactionConfig::default(), b"token-key-for-tests").expect("ok");
+        let redactor =
+            Redactor::new(&RedactionConfig::default(), b"token-key-for-tests").expect("ok");
         Pipeline::new(ValidationConfig::default(), redactor)
     }
 
@@ -214,7 +222,11 @@ mod tests {
     #[test]
     fn prepare_fills_defaults() {
         let prepared = pipeline()
-            .prepare(json!({"action": "fhir.patient.read", "status": "success"}), 50, now())
+            .prepare(
+                json!({"action": "fhir.patient.read", "status": "success"}),
+                50,
+                now(),
+            )
             .expect("valid");
         let sealed = seal(
             &prepared,
@@ -272,12 +284,17 @@ mod tests {
         assert_eq!(stored["severity"], "high");
         assert_eq!(stored["prevHash"], to_hex(&prev));
         let (key_id, sig) = sealed.signature.expect("signed");
-        assert_eq!(ring.verify(&key_id, sealed.canonical.as_bytes(), &sig), Ok(()));
+        assert_eq!(
+            ring.verify(&key_id, sealed.canonical.as_bytes(), &sig),
+            Ok(())
+        );
     }
 
     #[test]
     fn non_object_is_refused() {
-        let errors = pipeline().prepare(json!([1, 2]), 5, now()).expect_err("refused");
+        let errors = pipeline()
+            .prepare(json!([1, 2]), 5, now())
+            .expect_err("refused");
         assert_eq!(errors[0].path, "");
     }
 }

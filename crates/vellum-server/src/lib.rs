@@ -1,1 +1,297 @@
-//! placeholder
+//! # vellum-server
+//!
+//! The HTTP face of Vellum (axum): authentication, the ingest pipeline with group commit
+//! ([`ingest`]), search and lookup, health, metrics and the OpenAPI document.
+//!
+//! [`start`] wires a data directory into a running server: it opens the store, loads (or
+//! creates) the HMAC secret and the bootstrap admin key, starts the writer thread, and serves
+//! until told to stop, then drains: in-flight requests finish, the writer commits what it was
+//! given, the indexer stops.
+
+pub mod api;
+pub mod auth;
+pub mod bootstrap;
+pub mod config;
+pub mod error;
+pub mod ingest;
+pub mod telemetry;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use utoipa::OpenApi;
+use vellum_core::integrity::HmacKeyring;
+use vellum_core::pipeline::Pipeline;
+use vellum_core::redact::Redactor;
+use vellum_store::AuditStore;
+use vellum_store::sqlite::{SqliteOptions, SqliteStore};
+
+pub use config::ServerConfig;
+
+/// Shared state of every request handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub store: Arc<dyn AuditStore>,
+    /// Validation, sanitization, redaction.
+    pub pipeline: Arc<Pipeline>,
+    /// Submission side of the writer.
+    pub ingest: ingest::IngestHandle,
+    /// Bearer-key authentication.
+    pub auth: auth::Authenticator,
+    /// The configuration in force.
+    pub config: Arc<ServerConfig>,
+    /// Prometheus renderer.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] vellum_store::StoreError),
+    /// The data directory could not be prepared.
+    #[error(transparent)]
+    Bootstrap(#[from] bootstrap::BootstrapError),
+    /// The HMAC key configuration is invalid.
+    #[error(transparent)]
+    Keyring(#[from] vellum_core::integrity::KeyringError),
+    /// The redaction configuration is invalid.
+    #[error(transparent)]
+    Redaction(#[from] vellum_core::redact::RedactionConfigError),
+    /// Binding or serving failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+}
+
+/// The OpenAPI 3.1 document, generated from the handlers' annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Vellum", description = "Tamper-evident audit log (SPEC §5)"),
+    paths(
+        api::post_events,
+        api::search_events,
+        api::get_event,
+        api::healthz,
+        api::readyz,
+        api::metrics_text
+    ),
+    components(schemas(ingest::Receipt, api::BatchReceipt, api::AcceptedEntry, api::RejectedEntry)),
+    modifiers(&BearerAuth),
+    tags((name = "events", description = "Ingest and search"), (name = "operations", description = "Health and metrics"))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+async fn openapi_json() -> Response {
+    use axum::response::IntoResponse;
+    let text = ApiDoc::openapi()
+        .to_json()
+        .unwrap_or_else(|_| "{}".to_owned());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn track_latency(State(_): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(request).await;
+    metrics::histogram!(
+        "vellum_http_request_duration_seconds",
+        "method" => method,
+        "route" => route,
+        "status" => response.status().as_u16().to_string(),
+    )
+    .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Builds the router over prepared state.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/events", get(api::search_events).post(api::post_events))
+        .route("/v1/events/{id}", get(api::get_event))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics_text))
+        .route("/openapi.json", get(openapi_json))
+        .route_layer(middleware::from_fn_with_state(state.clone(), track_latency))
+        .with_state(state)
+}
+
+/// A server running in the background (used by `vellum serve` and by tests).
+pub struct RunningServer {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Where the bootstrap admin key was written, when this start created it.
+    pub admin_key_file: Option<PathBuf>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), ServerError>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, drains in-flight work, and waits for a clean exit.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.wait().await
+    }
+
+    /// Waits until the server exits by itself (it only does on error or after shutdown).
+    pub async fn wait(self) -> Result<(), ServerError> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) => Err(ServerError::Io {
+                context: "server task".into(),
+                source: std::io::Error::other(e.to_string()),
+            }),
+        }
+    }
+
+    /// A sender that triggers shutdown (for signal handlers).
+    pub fn take_stop(&mut self) -> Option<tokio::sync::oneshot::Sender<()>> {
+        self.stop.take()
+    }
+}
+
+/// Opens the data directory, starts the writer and binds the listener; the server runs in a
+/// background task until [`RunningServer::shutdown`].
+pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
+    let config = Arc::new(config);
+    let data_dir = config.data_dir.clone();
+    let sqlite = {
+        let dir = data_dir.clone();
+        let options = SqliteOptions {
+            index_wait: Duration::from_millis(config.index_wait_ms),
+            ..SqliteOptions::default()
+        };
+        tokio::task::spawn_blocking(move || SqliteStore::open(&dir, options))
+            .await
+            .map_err(|e| ServerError::Io {
+                context: "opening the store".into(),
+                source: std::io::Error::other(e.to_string()),
+            })??
+    };
+    let store: Arc<dyn AuditStore> = sqlite.clone();
+    let secret = bootstrap::load_or_create_secret(&data_dir, config.crypto_secret.as_ref())?;
+    let keyring = Arc::new(HmacKeyring::single(secret)?);
+    let token_key = keyring.derive("redaction-token");
+    let redactor = Redactor::new(&config.redaction, &token_key)?;
+    let pipeline = Arc::new(Pipeline::new(config.validation.clone(), redactor));
+    let admin_key_file = bootstrap::ensure_admin_key(&data_dir, store.as_ref())?;
+    let (writer, ingest) = ingest::Writer::start(
+        store.clone(),
+        config.enable_signatures.then(|| keyring.clone()),
+        ingest::WriterConfig {
+            capacity: config.ingest_queue_events,
+            max_batch: config.max_commit_batch,
+            log_per_organization: config.log_per_organization,
+        },
+    )?;
+    let state = AppState {
+        store: store.clone(),
+        pipeline,
+        ingest,
+        auth: auth::Authenticator::new(store.clone()),
+        config: config.clone(),
+        metrics: telemetry::prometheus(),
+    };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Io {
+            context: format!("binding {}", config.listen),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Io {
+        context: "reading the bound address".into(),
+        source,
+    })?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let maintenance = tokio::spawn(maintenance(store.clone()));
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    tracing::info!(%addr, data_dir = %data_dir.display(), "vellum listening");
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .await;
+        maintenance.abort();
+        let _ = maintenance.await;
+        // Every IngestHandle lived in the router, which is gone now: the writer drains what it
+        // was given and exits.
+        tokio::task::spawn_blocking(move || {
+            writer.join();
+            sqlite.shutdown();
+        })
+        .await
+        .map_err(|e| ServerError::Io {
+            context: "draining the writer".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        tracing::info!("vellum stopped cleanly");
+        served.map_err(|source| ServerError::Io {
+            context: "serving".into(),
+            source,
+        })
+    });
+    Ok(RunningServer {
+        addr,
+        admin_key_file,
+        stop: Some(stop_tx),
+        task,
+    })
+}
+
+/// Background upkeep: expire idempotency receipts older than the window.
+async fn maintenance(store: Arc<dyn AuditStore>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tick.tick().await;
+        let store = store.clone();
+        let cutoff = vellum_core::time_fmt::unix_micros(time::OffsetDateTime::now_utc())
+            - i64::try_from(ingest::IDEMPOTENCY_WINDOW.as_micros()).unwrap_or(i64::MAX);
+        match tokio::task::spawn_blocking(move || store.expire_idempotency(cutoff)).await {
+            Ok(Ok(n)) if n > 0 => tracing::debug!(expired = n, "expired idempotency receipts"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "expiring idempotency receipts failed"),
+            _ => {}
+        }
+    }
+}

@@ -1,1 +1,79 @@
-//! placeholder
+//! # vellum-store
+//!
+//! Durable storage for Vellum behind one trait, [`AuditStore`]. The embedded implementation,
+//! [`sqlite::SqliteStore`], keeps two SQLite files in the data directory:
+//!
+//! - `vellum.db`, **the log**: every event as its canonical JSON text with its hash and
+//!   signature, appended in group-commit transactions with `synchronous=FULL` in WAL mode, plus
+//!   idempotency receipts, API keys and metadata. An acknowledged event is in this file.
+//! - `index.db`, **the search index**: one row of filterable columns per event and an FTS5 table
+//!   for full text, maintained by a background indexer *just behind* the log and rebuildable
+//!   from it at any time. Searches wait (briefly) for the index to reach the log's committed
+//!   position, so a client that searched after its write was acknowledged finds it.
+//!
+//! The split exists because SQLite with a dozen secondary indexes and FTS in the commit path
+//! cannot reach the ingest target on two cores; see ARCHITECTURE.md for the measurements.
+
+pub mod error;
+pub mod model;
+pub mod sqlite;
+
+mod index;
+mod schema;
+
+pub use error::StoreError;
+pub use model::*;
+
+/// Everything the server, the worker and the command line need from storage.
+///
+/// Methods are synchronous: the embedded store is SQLite, and callers run them on dedicated
+/// threads (the writer) or a blocking pool (reads). Every method is safe to call from many
+/// threads, except that [`AuditStore::append`] must only ever be called by the one writer of a
+/// log (invariant: one writer per log).
+pub trait AuditStore: Send + Sync + 'static {
+    /// Last sequence number and hash of every log, so a writer can resume its chains.
+    fn log_heads(&self) -> Result<Vec<LogHead>, StoreError>;
+
+    /// Appends a batch of sealed events and their idempotency receipts in one transaction.
+    /// Returns only once the batch is durable (survives a crash or power loss).
+    fn append(&self, batch: &AppendBatch) -> Result<(), StoreError>;
+
+    /// Receipts stored for any of these idempotency keys within the retention window.
+    fn idempotent_receipts(
+        &self,
+        keys: &[&str],
+        not_before_micros: i64,
+    ) -> Result<Vec<(String, String)>, StoreError>;
+
+    /// Deletes idempotency receipts older than `before_micros`; returns how many.
+    fn expire_idempotency(&self, before_micros: i64) -> Result<usize, StoreError>;
+
+    /// One event by id, straight from the log (read-your-writes).
+    fn get_event(&self, id: &uuid::Uuid) -> Result<Option<StoredEvent>, StoreError>;
+
+    /// Events matching `query`, newest first, one page at a time.
+    fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError>;
+
+    /// Events of one log in `seq` order starting at `from_seq`, at most `limit`; used by
+    /// verification and exports.
+    fn scan_log(
+        &self,
+        log_id: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// API keys.
+    fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+    /// The API key whose secret hashes to `key_hash`, if any (revoked ones included).
+    fn find_api_key(&self, key_hash: &[u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// Every API key.
+    fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
+    /// Marks a key revoked; false when no such key.
+    fn revoke_api_key(&self, id: &str, at: &str) -> Result<bool, StoreError>;
+
+    /// A metadata value.
+    fn meta_get(&self, key: &str) -> Result<Option<String>, StoreError>;
+    /// Sets a metadata value.
+    fn meta_set(&self, key: &str, value: &str) -> Result<(), StoreError>;
+}

@@ -1,0 +1,643 @@
+//! HTTP routes of SPEC §5 implemented so far: ingest, search, lookup, health, metrics,
+//! OpenAPI.
+
+use crate::AppState;
+use crate::auth::{Principal, Role};
+use crate::error::ApiError;
+use crate::ingest::{Receipt, Submission, SubmitError};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use utoipa::{IntoParams, ToSchema};
+use vellum_core::FieldError;
+use vellum_core::model::{DataClassification, Status};
+use vellum_core::time_fmt::{parse_rfc3339, unix_micros};
+use vellum_store::{SearchQuery, StoredEvent};
+
+/// Extractor: the authenticated caller (401 otherwise).
+pub struct Auth(pub Principal);
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let hash = crate::auth::Authenticator::bearer_hash(header)?;
+        if let Some(principal) = state.auth.cached(&hash) {
+            return Ok(Auth(principal));
+        }
+        // Cache miss: the store lookup is blocking I/O.
+        let auth = state.auth.clone();
+        let principal = tokio::task::spawn_blocking(move || auth.lookup(&hash))
+            .await
+            .map_err(|e| ApiError::internal(&e))??;
+        Ok(Auth(principal))
+    }
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// Query parameters of `POST /v1/events`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct IngestParams {
+    /// `committed` (the default in embedded mode: the answer comes once the event is durable).
+    pub wait: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody<'a> {
+    #[serde(borrow)]
+    events: Vec<&'a RawValue>,
+}
+
+/// Result of a batch ingest.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BatchReceipt {
+    /// Accepted events, with their index in the request.
+    pub accepted: Vec<AcceptedEntry>,
+    /// Refused events, with every problem found.
+    pub rejected: Vec<RejectedEntry>,
+}
+
+/// One accepted event of a batch.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AcceptedEntry {
+    /// Position in the request.
+    pub index: usize,
+    /// Its receipt.
+    #[serde(flatten)]
+    pub receipt: Receipt,
+}
+
+/// One refused event of a batch.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RejectedEntry {
+    /// Position in the request.
+    pub index: usize,
+    /// Every problem, by JSON pointer within the event (`[{path, message}]`).
+    #[schema(value_type = Vec<Object>)]
+    pub errors: Vec<FieldError>,
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the request body exceeds {limit} bytes"),
+        )),
+        Err(e) => Err(ApiError::bad_request(
+            "",
+            format!("could not read the body: {e}"),
+        )),
+    }
+}
+
+fn valid_idempotency_key(key: &str) -> bool {
+    (1..=255).contains(&key.len()) && key.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+/// Accepts one event, `{"events":[…]}` or NDJSON, and answers once they are durable.
+#[utoipa::path(
+    post, path = "/v1/events", tag = "events",
+    params(IngestParams),
+    request_body(content = Object, description = "One event, {\"events\":[…]}, or NDJSON (application/x-ndjson)"),
+    responses(
+        (status = 201, description = "Durable; one receipt, or accepted[]/rejected[] for a batch", body = Receipt),
+        (status = 400, description = "Malformed JSON"), (status = 401), (status = 403),
+        (status = 413, description = "Too large"), (status = 422, description = "Invalid event"),
+        (status = 503, description = "Overloaded; see Retry-After"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn post_events(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Query(params): Query<IngestParams>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    principal.require(Role::Ingest)?;
+    if let Some(wait) = &params.wait
+        && wait != "committed"
+    {
+        return Err(ApiError::bad_request("wait", "must be `committed`"));
+    }
+    let header_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(k) if valid_idempotency_key(k) => Some(k.to_owned()),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "Idempotency-Key",
+                    "must be 1-255 visible ASCII characters",
+                ));
+            }
+        },
+    };
+    let ndjson = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/x-ndjson"));
+    let bytes = read_body(body, state.config.max_request_bytes).await?;
+    let max_event = state.pipeline.validation().max_event_bytes;
+
+    // Split the body into raw events (keeping each one's exact length).
+    let (raw_events, single): (Vec<&str>, bool) = if ndjson {
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| ApiError::bad_request("", "the body is not UTF-8"))?;
+        (
+            text.lines().filter(|l| !l.trim().is_empty()).collect(),
+            false,
+        )
+    } else if let Ok(batch) = serde_json::from_slice::<BatchBody<'_>>(&bytes) {
+        (batch.events.iter().map(|r| r.get()).collect(), false)
+    } else {
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| ApiError::bad_request("", "the body is not UTF-8"))?;
+        if single_too_large(text.len(), max_event) {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "the event is {} bytes; the limit is {max_event}",
+                    text.len()
+                ),
+            ));
+        }
+        (vec![text], true)
+    };
+    if raw_events.is_empty() {
+        return Err(ApiError::bad_request(
+            "/events",
+            "must contain at least one event",
+        ));
+    }
+
+    let now = time::OffsetDateTime::now_utc();
+    let mut submissions = Vec::with_capacity(raw_events.len());
+    let mut indices = Vec::with_capacity(raw_events.len());
+    let mut rejected = Vec::new();
+    for (index, raw) in raw_events.iter().enumerate() {
+        match prepare_one(&state, &principal, raw, now) {
+            Ok(event) => {
+                let idempotency_key = event
+                    .idempotency_key
+                    .as_ref()
+                    .map(|k| format!("{}:e:{k}", principal.key_id))
+                    .or_else(|| {
+                        header_key
+                            .as_ref()
+                            .map(|k| format!("{}:h:{k}#{index}", principal.key_id))
+                    });
+                submissions.push(Submission {
+                    event,
+                    idempotency_key,
+                });
+                indices.push(index);
+            }
+            Err(errors) => {
+                if single {
+                    if raw.len() > max_event && errors.iter().any(|e| e.path.is_empty()) {
+                        return Err(ApiError::new(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "too_large",
+                            format!("the event is {} bytes; the limit is {max_event}", raw.len()),
+                        ));
+                    }
+                    return Err(match errors.first() {
+                        Some(e) if e.message.starts_with("malformed JSON") => {
+                            ApiError::bad_request("", e.message.clone())
+                        }
+                        _ => ApiError::invalid(errors),
+                    });
+                }
+                rejected.push(RejectedEntry { index, errors });
+            }
+        }
+    }
+    let receipts = submit(&state, submissions).await?;
+    if single {
+        let receipt = receipts
+            .into_iter()
+            .next()
+            .ok_or_else(|| ApiError::internal(&"no receipt for an accepted event"))?;
+        return Ok(json_response(
+            StatusCode::CREATED,
+            serde_json::to_string(&receipt).map_err(|e| ApiError::internal(&e))?,
+        ));
+    }
+    let accepted: Vec<AcceptedEntry> = indices
+        .into_iter()
+        .zip(receipts)
+        .map(|(index, receipt)| AcceptedEntry { index, receipt })
+        .collect();
+    if accepted.is_empty() {
+        let details = rejected
+            .iter()
+            .flat_map(|r| {
+                r.errors.iter().map(move |e| {
+                    FieldError::new(format!("/events/{}{}", r.index, e.path), e.message.clone())
+                })
+            })
+            .collect();
+        return Err(ApiError::invalid(details));
+    }
+    let body = serde_json::to_string(&BatchReceipt { accepted, rejected })
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok(json_response(StatusCode::CREATED, body))
+}
+
+fn single_too_large(len: usize, max: usize) -> bool {
+    len > max
+}
+
+/// Parses, scopes and prepares one raw event.
+fn prepare_one(
+    state: &AppState,
+    principal: &Principal,
+    raw: &str,
+    now: time::OffsetDateTime,
+) -> Result<vellum_core::pipeline::PreparedEvent, Vec<FieldError>> {
+    let mut value: Value = serde_json::from_str(raw)
+        .map_err(|e| vec![FieldError::new("", format!("malformed JSON: {e}"))])?;
+    if let (Some(org), Value::Object(map)) = (&principal.organization_id, &mut value) {
+        match map.get("organizationId") {
+            None => {
+                map.insert("organizationId".into(), Value::String(org.clone()));
+            }
+            Some(Value::String(given)) if given == org => {}
+            Some(_) => {
+                return Err(vec![FieldError::new(
+                    "/organizationId",
+                    format!("this API key may only write events of organization {org:?}"),
+                )]);
+            }
+        }
+    }
+    state.pipeline.prepare(value, raw.len(), now)
+}
+
+/// Hands prepared events to the writer and waits until they are durable.
+pub(crate) async fn submit(
+    state: &AppState,
+    submissions: Vec<Submission>,
+) -> Result<Vec<Receipt>, ApiError> {
+    match state.ingest.submit(submissions).await {
+        Ok(Ok(receipts)) => Ok(receipts),
+        Ok(Err(commit)) => Err(ApiError::overloaded(format!(
+            "the events could not be stored ({commit}); nothing was recorded, retry"
+        ))),
+        Err(SubmitError::Full) => Err(ApiError::overloaded(
+            "the ingest queue is full; retry after the indicated delay",
+        )),
+        Err(SubmitError::Stopped) => Err(ApiError::overloaded("the server is shutting down")),
+    }
+}
+
+/// Records that `principal` read the audit log (SPEC §6), durably, before the data is
+/// returned: a read that cannot be audited is refused.
+pub(crate) async fn record_read(
+    state: &AppState,
+    principal: &Principal,
+    peer: SocketAddr,
+    endpoint: &str,
+    target_id: Option<&str>,
+    details: Value,
+) -> Result<(), ApiError> {
+    let mut event = json!({
+        "action": "audit.read",
+        "status": "success",
+        "principalId": principal.key_id,
+        "principalType": "service",
+        "targetResourceType": "AuditEvent",
+        "dataClassification": "CONFIDENTIAL",
+        "sessionContext": {"ipAddress": peer.ip().to_string()},
+        "technicalContext": {"endpoint": endpoint, "httpMethod": "GET", "statusCode": 200},
+        "details": details,
+    });
+    if let Some(org) = &principal.organization_id {
+        event["organizationId"] = Value::String(org.clone());
+    }
+    if let Some(id) = target_id {
+        event["targetResourceId"] = Value::String(id.to_owned());
+    }
+    let prepared = state
+        .pipeline
+        .prepare(event, 0, time::OffsetDateTime::now_utc())
+        .map_err(|errors| ApiError::internal(&format!("audit.read event invalid: {errors:?}")))?;
+    submit(
+        state,
+        vec![Submission {
+            event: prepared,
+            idempotency_key: None,
+        }],
+    )
+    .await
+    .map(|_| ())
+}
+
+/// The search filters, as query parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // documents the parameters for OpenAPI; parsing is strict and by hand
+pub struct SearchParams {
+    principal_id: Option<String>,
+    organization_id: Option<String>,
+    /// Exact, or prefix with a trailing `*`.
+    action: Option<String>,
+    status: Option<String>,
+    data_classification: Option<String>,
+    target_resource_type: Option<String>,
+    target_resource_id: Option<String>,
+    session_id: Option<String>,
+    ip_address: Option<String>,
+    patient_id: Option<String>,
+    data_subject_id: Option<String>,
+    correlation_id: Option<String>,
+    /// RFC 3339, inclusive.
+    from: Option<String>,
+    /// RFC 3339, exclusive.
+    to: Option<String>,
+    /// Full text.
+    q: Option<String>,
+    /// 1..=1000, default 100.
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// Parses search parameters strictly: unknown names and bad values are 400s naming them.
+pub fn parse_search(params: &BTreeMap<String, String>) -> Result<SearchQuery, ApiError> {
+    let mut q = SearchQuery {
+        limit: 100,
+        ..SearchQuery::default()
+    };
+    for (name, value) in params {
+        let v = Some(value.clone());
+        match name.as_str() {
+            "principalId" => q.principal_id = v,
+            "organizationId" => q.organization_id = v,
+            "action" => q.action = v,
+            "status" => {
+                if Status::parse(value).is_none() {
+                    return Err(ApiError::bad_request(
+                        "status",
+                        format!("must be one of {}", Status::ALL.join(", ")),
+                    ));
+                }
+                q.status = v;
+            }
+            "dataClassification" => {
+                if DataClassification::parse(value).is_none() {
+                    return Err(ApiError::bad_request(
+                        "dataClassification",
+                        format!("must be one of {}", DataClassification::ALL.join(", ")),
+                    ));
+                }
+                q.data_classification = v;
+            }
+            "targetResourceType" => q.target_resource_type = v,
+            "targetResourceId" => q.target_resource_id = v,
+            "sessionId" => q.session_id = v,
+            "ipAddress" => q.ip_address = v,
+            "patientId" => q.patient_id = v,
+            "dataSubjectId" => q.data_subject_id = v,
+            "correlationId" => q.correlation_id = v,
+            "from" | "to" => {
+                let at = parse_rfc3339(value).map_err(|_| {
+                    ApiError::bad_request(
+                        name,
+                        "must be an RFC 3339 timestamp, e.g. 2026-11-23T09:00:00Z",
+                    )
+                })?;
+                if name == "from" {
+                    q.from_micros = Some(unix_micros(at));
+                } else {
+                    q.to_micros = Some(unix_micros(at));
+                }
+            }
+            "q" => q.q = v,
+            "limit" => {
+                q.limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|l| (1..=1000).contains(l))
+                    .ok_or_else(|| {
+                        ApiError::bad_request("limit", "must be an integer from 1 to 1000")
+                    })?;
+            }
+            "cursor" => q.cursor = v,
+            other => {
+                return Err(ApiError::bad_request(
+                    other,
+                    "is not a search parameter (see GET /openapi.json)",
+                ));
+            }
+        }
+    }
+    Ok(q)
+}
+
+/// Scopes a query to the caller's organization: an org-bound key never sees another's events.
+fn scope_query(principal: &Principal, query: &mut SearchQuery) -> Result<(), ApiError> {
+    if let Some(org) = &principal.organization_id {
+        match &query.organization_id {
+            Some(asked) if asked != org => {
+                return Err(ApiError::forbidden(format!(
+                    "this API key may only read organization {org:?}"
+                )));
+            }
+            _ => query.organization_id = Some(org.clone()),
+        }
+    }
+    Ok(())
+}
+
+/// Searches events, newest first.
+#[utoipa::path(
+    get, path = "/v1/events", tag = "events", params(SearchParams),
+    responses((status = 200, description = "{events, nextCursor}"), (status = 400), (status = 401), (status = 403)),
+    security(("bearer" = []))
+)]
+pub async fn search_events(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> Result<Response, ApiError> {
+    principal.require(Role::Reader)?;
+    let mut query = parse_search(&params)?;
+    scope_query(&principal, &mut query)?;
+    let store = state.store.clone();
+    let page = tokio::task::spawn_blocking(move || store.search(&query))
+        .await
+        .map_err(|e| ApiError::internal(&e))??;
+    metrics::gauge!("vellum_index_lag_events").set(page.index_lag as f64);
+    record_read(
+        &state,
+        &principal,
+        peer,
+        "/v1/events",
+        None,
+        json!({"query": params, "resultCount": page.events.len()}),
+    )
+    .await?;
+    let mut body = String::with_capacity(
+        64 + page
+            .events
+            .iter()
+            .map(|e| e.canonical.len() + 200)
+            .sum::<usize>(),
+    );
+    body.push_str("{\"events\":[");
+    for (i, event) in page.events.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&event.to_api_json());
+    }
+    body.push_str("],\"nextCursor\":");
+    match &page.next_cursor {
+        Some(c) => body.push_str(&serde_json::to_string(c).map_err(|e| ApiError::internal(&e))?),
+        None => body.push_str("null"),
+    }
+    body.push('}');
+    let mut response = json_response(StatusCode::OK, body);
+    if page.index_lag > 0 {
+        response
+            .headers_mut()
+            .insert("vellum-index-lag", HeaderValue::from(page.index_lag));
+    }
+    Ok(response)
+}
+
+/// Whether a stored event belongs to the caller's organization (always, for unbound keys).
+pub(crate) fn visible_to(principal: &Principal, event: &StoredEvent) -> bool {
+    let Some(org) = &principal.organization_id else {
+        return true;
+    };
+    serde_json::from_str::<Value>(&event.canonical)
+        .ok()
+        .and_then(|v| {
+            v.get("organizationId")
+                .and_then(Value::as_str)
+                .map(|o| o == org)
+        })
+        .unwrap_or(false)
+}
+
+/// One event by id.
+#[utoipa::path(
+    get, path = "/v1/events/{id}", tag = "events",
+    params(("id" = String, Path, description = "Event id (UUID)")),
+    responses((status = 200, description = "The stored event with hash and signature"), (status = 400), (status = 404)),
+    security(("bearer" = []))
+)]
+pub async fn get_event(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    principal.require(Role::Reader)?;
+    let uuid =
+        uuid::Uuid::parse_str(&id).map_err(|_| ApiError::bad_request("id", "must be a UUID"))?;
+    let store = state.store.clone();
+    let event = tokio::task::spawn_blocking(move || store.get_event(&uuid))
+        .await
+        .map_err(|e| ApiError::internal(&e))??
+        .filter(|e| visible_to(&principal, e))
+        .ok_or_else(|| ApiError::not_found(format!("no event {id}")))?;
+    record_read(
+        &state,
+        &principal,
+        peer,
+        "/v1/events/{id}",
+        Some(&id),
+        json!({"resultCount": 1}),
+    )
+    .await?;
+    Ok(json_response(StatusCode::OK, event.to_api_json()))
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200)))]
+pub async fn healthz() -> Response {
+    json_response(StatusCode::OK, r#"{"status":"ok"}"#.to_owned())
+}
+
+/// Readiness: the writer runs and the store answers.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200), (status = 503)))]
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let writer = state.ingest.is_alive();
+    let store = state.store.clone();
+    let store_ok = tokio::task::spawn_blocking(move || store.meta_get("schema").is_ok())
+        .await
+        .unwrap_or(false);
+    let ready = writer && store_ok;
+    let body = json!({
+        "status": if ready { "ready" } else { "unavailable" },
+        "writer": writer,
+        "store": store_ok,
+        "queueDepth": state.ingest.queue_depth(),
+    });
+    let mut response = json_response(
+        if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        body.to_string(),
+    );
+    if !ready {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(1));
+    }
+    response
+}
+
+/// Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200)))]
+pub async fn metrics_text(State(state): State<AppState>) -> Response {
+    metrics::gauge!("vellum_ingest_queue_depth").set(state.ingest.queue_depth() as f64);
+    let text = state
+        .metrics
+        .as_ref()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        text,
+    )
+        .into_response()
+}

@@ -1,0 +1,127 @@
+//! First-start set-up of a data directory: the HMAC secret and the bootstrap admin key.
+//!
+//! Both are written with mode 0600 and never logged; the log says only where they are.
+
+use crate::auth::{generate_key, new_key_id};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use vellum_store::{ApiKeyRecord, AuditStore, StoreError};
+use zeroize::Zeroizing;
+
+/// File holding the generated HMAC secret.
+pub const SECRET_FILE: &str = "secret.key";
+/// File holding the bootstrap admin key.
+pub const ADMIN_KEY_FILE: &str = "admin.key";
+
+/// What went wrong while preparing the data directory.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The OS random generator failed.
+    #[error("random generator: {0}")]
+    Random(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A key file has the wrong content.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Writes `contents` to a new file readable only by its owner, fsynced.
+pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), BootstrapError> {
+    let io = |source| BootstrapError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(io)?;
+    file.write_all(contents).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    Ok(())
+}
+
+/// Returns the HMAC secret: `configured` if given, else the one in the data dir, generating it
+/// on first start (64 hex characters; the characters' bytes are the key, as for
+/// `AUDIT_CRYPTO_SECRET`).
+pub fn load_or_create_secret(
+    data_dir: &Path,
+    configured: Option<&Zeroizing<String>>,
+) -> Result<Zeroizing<Vec<u8>>, BootstrapError> {
+    if let Some(secret) = configured {
+        return Ok(Zeroizing::new(secret.as_bytes().to_vec()));
+    }
+    let path = data_dir.join(SECRET_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let text = Zeroizing::new(bytes);
+            let trimmed = text.trim_ascii();
+            if trimmed.len() < 16 {
+                return Err(BootstrapError::Invalid(format!(
+                    "{} holds fewer than 16 bytes",
+                    path.display()
+                )));
+            }
+            Ok(Zeroizing::new(trimmed.to_vec()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut raw = Zeroizing::new([0u8; 32]);
+            getrandom::fill(raw.as_mut()).map_err(|e| BootstrapError::Random(e.to_string()))?;
+            let secret = Zeroizing::new(hex::encode(raw.as_ref()).into_bytes());
+            write_private_file(&path, &secret)?;
+            tracing::warn!(
+                path = %path.display(),
+                "no AUDIT_CRYPTO_SECRET set: generated a new HMAC secret into the data directory; back it up, events cannot be verified without it"
+            );
+            Ok(secret)
+        }
+        Err(source) => Err(BootstrapError::Io { path, source }),
+    }
+}
+
+/// Creates the bootstrap admin key when the store has no key at all, writing it once to
+/// `<data-dir>/admin.key`. Returns the path when a key was created.
+pub fn ensure_admin_key(
+    data_dir: &Path,
+    store: &dyn AuditStore,
+) -> Result<Option<PathBuf>, BootstrapError> {
+    if !store.list_api_keys()?.is_empty() {
+        return Ok(None);
+    }
+    let key = generate_key().map_err(|e| BootstrapError::Random(e.to_string()))?;
+    let path = data_dir.join(ADMIN_KEY_FILE);
+    if path.exists() {
+        // A stale file from a store that was deleted: replace it, it no longer works.
+        std::fs::remove_file(&path).map_err(|source| BootstrapError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    let mut contents = Zeroizing::new(key.secret.as_bytes().to_vec());
+    contents.push(b'\n');
+    write_private_file(&path, &contents)?;
+    store.insert_api_key(&ApiKeyRecord {
+        id: new_key_id(),
+        key_hash: key.hash,
+        role: "admin".into(),
+        organization_id: None,
+        name: Some("bootstrap admin".into()),
+        created_at: vellum_core::pipeline::server_now().1,
+        revoked_at: None,
+    })?;
+    tracing::warn!(path = %path.display(), "created the bootstrap admin API key; it is stored only as a hash, the file is its only copy");
+    Ok(Some(path))
+}

@@ -1,0 +1,166 @@
+//! Records exchanged with the store.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a log currently ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogHead {
+    /// The log.
+    pub log_id: String,
+    /// Number of events in the log (= next `seq`).
+    pub size: u64,
+    /// Hash of the last event (zeros for an empty log).
+    pub last_hash: [u8; 32],
+}
+
+/// One sealed event ready to append.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// Its log.
+    pub log_id: String,
+    /// Its position in the log.
+    pub seq: u64,
+    /// UUIDv7 bytes.
+    pub id: [u8; 16],
+    /// Canonical JSON text: exactly the hashed bytes.
+    pub canonical: String,
+    /// SHA-256 of `canonical`.
+    pub hash: [u8; 32],
+    /// HMAC-SHA256 of `canonical` (its key id is inside `canonical`).
+    pub signature: Option<[u8; 32]>,
+}
+
+/// A receipt to remember under an idempotency key.
+#[derive(Debug, Clone)]
+pub struct IdempotencyRecord {
+    /// The scoped key (API key id + client key).
+    pub key: String,
+    /// Receipt JSON returned to the first request.
+    pub receipt: String,
+    /// When it was stored (Unix µs), for the 24 h window.
+    pub created_micros: i64,
+}
+
+/// What one group commit writes.
+#[derive(Debug, Clone, Default)]
+pub struct AppendBatch {
+    /// Events in `(log, seq)` order within each log.
+    pub events: Vec<NewEvent>,
+    /// Receipts for idempotency keys carried by these events.
+    pub idempotency: Vec<IdempotencyRecord>,
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Global append position (row id), used for cursors and the index.
+    pub pos: i64,
+    /// Its log.
+    pub log_id: String,
+    /// Its position in the log.
+    pub seq: u64,
+    /// Canonical JSON text as stored.
+    pub canonical: String,
+    /// Stored hash.
+    pub hash: Vec<u8>,
+    /// Stored signature.
+    pub signature: Option<Vec<u8>>,
+}
+
+impl StoredEvent {
+    /// The event as the API returns it: the stored object plus `hash` and `signature`, built by
+    /// splicing text so the stored bytes are returned untouched.
+    pub fn to_api_json(&self) -> String {
+        let body = self.canonical.trim_end();
+        let Some(open) = body.strip_suffix('}') else {
+            return self.canonical.clone();
+        };
+        let mut out = String::with_capacity(body.len() + 160);
+        out.push_str(open);
+        if open.len() > 1 {
+            out.push(',');
+        }
+        out.push_str("\"hash\":\"");
+        out.push_str(&hex::encode(&self.hash));
+        out.push('"');
+        if let Some(sig) = &self.signature {
+            out.push_str(",\"signature\":\"");
+            out.push_str(&hex::encode(sig));
+            out.push('"');
+        }
+        out.push('}');
+        out
+    }
+}
+
+/// Search filters of SPEC §5. Every `Some` filter must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct SearchQuery {
+    /// Exact principal.
+    pub principal_id: Option<String>,
+    /// Exact organization (also the tenant scope of org-bound keys).
+    pub organization_id: Option<String>,
+    /// Exact action, or a prefix when it ends with `*`.
+    pub action: Option<String>,
+    /// Exact status.
+    pub status: Option<String>,
+    /// Exact classification.
+    pub data_classification: Option<String>,
+    /// Exact target type.
+    pub target_resource_type: Option<String>,
+    /// Exact target id.
+    pub target_resource_id: Option<String>,
+    /// `sessionContext.sessionId`.
+    pub session_id: Option<String>,
+    /// `sessionContext.ipAddress`.
+    pub ip_address: Option<String>,
+    /// `healthcareContext.patientId`.
+    pub patient_id: Option<String>,
+    /// `gdprContext.dataSubjectId`.
+    pub data_subject_id: Option<String>,
+    /// `correlationId`.
+    pub correlation_id: Option<String>,
+    /// Lower bound on `timestamp`, inclusive, Unix µs.
+    pub from_micros: Option<i64>,
+    /// Upper bound on `timestamp`, exclusive, Unix µs.
+    pub to_micros: Option<i64>,
+    /// Full-text query (FTS5 terms; all must match).
+    pub q: Option<String>,
+    /// Page size (1..=1000).
+    pub limit: usize,
+    /// Opaque cursor from the previous page.
+    pub cursor: Option<String>,
+}
+
+/// One page of search results.
+#[derive(Debug, Clone, Default)]
+pub struct SearchPage {
+    /// Matching events, newest `timestamp` first.
+    pub events: Vec<StoredEvent>,
+    /// Cursor for the next page, when there may be one.
+    pub next_cursor: Option<String>,
+    /// Events committed to the log but not yet visible to search when the query ran.
+    pub index_lag: u64,
+}
+
+/// An API key as stored: only a hash of the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyRecord {
+    /// Public id of the key (also its principal in audit events).
+    pub id: String,
+    /// SHA-256 of the secret key text.
+    #[serde(skip)]
+    pub key_hash: [u8; 32],
+    /// `ingest`, `reader`, `auditor` or `admin`.
+    pub role: String,
+    /// Tenant the key is bound to, if any.
+    pub organization_id: Option<String>,
+    /// Human label.
+    pub name: Option<String>,
+    /// Creation time (RFC 3339).
+    pub created_at: String,
+    /// Revocation time, if revoked.
+    pub revoked_at: Option<String>,
+}

@@ -1,0 +1,107 @@
+//! Versioned schema migrations for the two SQLite files.
+//!
+//! Each file records its version in `PRAGMA user_version`. The log's migrations run in order
+//! inside one transaction each and are never edited once released; the index has no
+//! migrations: when its version differs it is dropped and rebuilt from the log.
+
+use crate::StoreError;
+use rusqlite::Connection;
+
+/// Migrations of `vellum.db`, index = version - 1.
+const LOG_MIGRATIONS: &[&str] = &[
+    // v1: the log, idempotency receipts, API keys, metadata.
+    "CREATE TABLE events (
+        pos        INTEGER PRIMARY KEY,
+        log_id     TEXT    NOT NULL,
+        seq        INTEGER NOT NULL,
+        id         BLOB    NOT NULL,
+        hash       BLOB    NOT NULL,
+        signature  BLOB,
+        body       TEXT    NOT NULL
+     );
+     CREATE UNIQUE INDEX events_log_seq ON events(log_id, seq);
+     CREATE UNIQUE INDEX events_id ON events(id);
+     CREATE TABLE idempotency (
+        key        TEXT PRIMARY KEY,
+        created    INTEGER NOT NULL,
+        receipt    TEXT NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE api_keys (
+        id              TEXT PRIMARY KEY,
+        key_hash        BLOB NOT NULL UNIQUE,
+        role            TEXT NOT NULL,
+        organization_id TEXT,
+        name            TEXT,
+        created_at      TEXT NOT NULL,
+        revoked_at      TEXT
+     );
+     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+];
+
+/// Version of `index.db` this binary writes.
+pub(crate) const INDEX_VERSION: i64 = 1;
+
+/// Schema of `index.db`.
+pub(crate) const INDEX_SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS ev (
+        pos            INTEGER PRIMARY KEY,
+        ts             INTEGER NOT NULL,
+        log_id         TEXT NOT NULL,
+        action         TEXT NOT NULL,
+        status         TEXT NOT NULL,
+        classification TEXT,
+        principal_id   TEXT,
+        organization_id TEXT,
+        target_type    TEXT,
+        target_id      TEXT,
+        session_id     TEXT,
+        ip             TEXT,
+        patient_id     TEXT,
+        subject_id     TEXT,
+        correlation_id TEXT
+    );
+    CREATE INDEX IF NOT EXISTS ev_ts ON ev(ts);
+    CREATE INDEX IF NOT EXISTS ev_principal ON ev(principal_id, ts) WHERE principal_id IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS ev_org ON ev(organization_id, ts) WHERE organization_id IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS ev_action ON ev(action, ts);
+    CREATE INDEX IF NOT EXISTS ev_target ON ev(target_id, ts) WHERE target_id IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS ev_session ON ev(session_id, ts) WHERE session_id IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS ev_ip ON ev(ip, ts) WHERE ip IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS ev_patient ON ev(patient_id, ts) WHERE patient_id IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS ev_subject ON ev(subject_id, ts) WHERE subject_id IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS ev_correlation ON ev(correlation_id, ts) WHERE correlation_id IS NOT NULL;
+    CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(text, content='', contentless_delete=1);
+    -- Fewer, larger merges: the index is written in big batches behind the log.
+    INSERT INTO fts (fts, rank) VALUES ('automerge', 8);
+    INSERT INTO fts (fts, rank) VALUES ('crisismerge', 32);
+    CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+";
+
+/// Newest log schema version this binary knows.
+pub(crate) fn log_version() -> i64 {
+    i64::try_from(LOG_MIGRATIONS.len()).unwrap_or(i64::MAX)
+}
+
+/// Brings `vellum.db` to the newest version.
+pub(crate) fn migrate_log(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let supported = log_version();
+    if current > supported {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            supported,
+        });
+    }
+    for (index, sql) in LOG_MIGRATIONS.iter().enumerate() {
+        let version = i64::try_from(index).unwrap_or(i64::MAX) + 1;
+        if version <= current {
+            continue;
+        }
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version)?;
+        tx.commit()?;
+        tracing::info!(version, "migrated log schema");
+    }
+    Ok(())
+}

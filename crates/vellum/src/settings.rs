@@ -1,0 +1,102 @@
+//! Configuration resolution: flags, then `vellum.toml`, then the environment (SPEC §10), then
+//! defaults. Later layers only fill what earlier ones left unset.
+
+use anyhow::{Context, bail};
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde_json::{Map, Value, json};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use vellum_server::ServerConfig;
+
+/// Values given as command-line flags.
+#[derive(Debug, Default)]
+pub(crate) struct Overrides {
+    pub(crate) config_file: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
+    pub(crate) listen: Option<SocketAddr>,
+}
+
+fn parse_bool(name: &str, value: &str) -> anyhow::Result<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => bail!("{name}={value:?}: expected true or false"),
+    }
+}
+
+/// The environment variables of SPEC §10, as a partial configuration.
+fn from_env() -> anyhow::Result<Value> {
+    let mut config = Map::new();
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    if let Some(url) = var("AUDIT_DB_URL") {
+        let scheme = url.split(':').next().unwrap_or("");
+        bail!(
+            "AUDIT_DB_URL is set ({scheme}://…) but this build stores events only in the embedded SQLite store; unset it to use the data directory"
+        );
+    }
+    if var("AUDIT_REDIS_URL").is_some() {
+        bail!(
+            "AUDIT_REDIS_URL is set but the scale-out queue is not available in this build; unset it"
+        );
+    }
+    if let Some(secret) = var("AUDIT_CRYPTO_SECRET") {
+        config.insert("cryptoSecret".into(), Value::String(secret));
+    }
+    if let Some(v) = var("AUDIT_ENABLE_SIGNATURES") {
+        config.insert(
+            "enableSignatures".into(),
+            Value::Bool(parse_bool("AUDIT_ENABLE_SIGNATURES", &v)?),
+        );
+    }
+    if let Some(v) = var("AUDIT_MAX_EVENT_SIZE") {
+        let bytes: u64 = v
+            .trim()
+            .parse()
+            .with_context(|| format!("AUDIT_MAX_EVENT_SIZE={v:?}: expected a number of bytes"))?;
+        config.insert("validation".into(), json!({"maxEventBytes": bytes}));
+    }
+    if let Some(dir) = var("VELLUM_DATA_DIR") {
+        config.insert("dataDir".into(), Value::String(dir));
+    }
+    if let Some(listen) = var("VELLUM_LISTEN") {
+        config.insert("listen".into(), Value::String(listen));
+    }
+    Ok(Value::Object(config))
+}
+
+/// Resolves the configuration.
+pub(crate) fn load(overrides: &Overrides) -> anyhow::Result<ServerConfig> {
+    let mut figment = Figment::from(Serialized::defaults(ServerConfig::default()))
+        .merge(Serialized::defaults(from_env()?));
+    let file = overrides.config_file.clone().or_else(|| {
+        let default = PathBuf::from("vellum.toml");
+        default.exists().then_some(default)
+    });
+    if let Some(file) = &file {
+        if !file.exists() {
+            bail!("configuration file {} does not exist", file.display());
+        }
+        figment = figment.merge(Toml::file(file));
+    }
+    let mut flags = Map::new();
+    if let Some(dir) = &overrides.data_dir {
+        flags.insert("dataDir".into(), Value::String(dir.display().to_string()));
+    }
+    if let Some(listen) = overrides.listen {
+        flags.insert("listen".into(), Value::String(listen.to_string()));
+    }
+    figment = figment.merge(Serialized::defaults(Value::Object(flags)));
+    let config: ServerConfig = figment.extract().map_err(|e| {
+        anyhow::anyhow!(
+            "invalid configuration{}: {e}",
+            file.as_ref()
+                .map(|f| format!(" (from {})", f.display()))
+                .unwrap_or_default()
+        )
+    })?;
+    if config.validation.max_event_bytes == 0 {
+        bail!("validation.maxEventBytes must be at least 1");
+    }
+    Ok(config)
+}
