@@ -1,6 +1,7 @@
 //! Per-event CPU cost of the ingest path's pure part: parse → prepare (sanitize, validate,
 //! defaults, redact, canonical members) → seal (splice, SHA-256, HMAC). Run with
 //! `cargo bench -p vellum-core --bench pipeline`.
+#![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::{Value, json};
@@ -53,6 +54,37 @@ fn bench(c: &mut Criterion) {
             pipeline.prepare(value, text.len(), now).expect("valid")
         })
     });
+    let parsed: Value = serde_json::from_str(&text).expect("json");
+    group.bench_function("stage/sanitize", |b| {
+        b.iter_batched(
+            || parsed.clone(),
+            |mut v| vellum_core::sanitize::sanitize(&mut v),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    let config = ValidationConfig::default();
+    group.bench_function("stage/validate", |b| {
+        b.iter(|| vellum_core::validate::validate(black_box(&parsed), text.len(), &config))
+    });
+    let redactor2 = Redactor::new(
+        &RedactionConfig::default(),
+        b"bench-token-key-bench-token-key!",
+    )
+    .expect("valid");
+    let Value::Object(map) = parsed.clone() else {
+        unreachable!()
+    };
+    group.bench_function("stage/redact", |b| {
+        b.iter_batched(
+            || map.clone(),
+            |mut m| redactor2.redact(&mut m),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("stage/members", |b| {
+        b.iter(|| vellum_core::canonical::CanonicalMembers::from_map(black_box(&map)))
+    });
+    group.bench_function("stage/clone+drop", |b| b.iter(|| black_box(parsed.clone())));
     let prepared = pipeline
         .prepare(serde_json::from_str(&text).expect("json"), text.len(), now)
         .expect("valid");

@@ -78,13 +78,28 @@ fn write_object(out: &mut String, map: &Map<String, Value>) {
     out.push('}');
 }
 
+/// Whether a byte must be escaped inside a JSON string (`"`, `\\`, C0 controls).
+#[inline]
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
 /// Appends a string literal escaped as RFC 8785 §3.2.2.2 requires.
 pub fn write_string(out: &mut String, s: &str) {
     out.reserve(s.len() + 2);
     out.push('"');
     let bytes = s.as_bytes();
+    // Fast path: most audit strings need no escaping at all.
+    if !bytes.iter().any(|&b| needs_escape(b)) {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
+        if !needs_escape(b) {
+            continue;
+        }
         let escape: Option<&str> = match b {
             b'"' => Some("\\\""),
             b'\\' => Some("\\\\"),
@@ -93,8 +108,7 @@ pub fn write_string(out: &mut String, s: &str) {
             0x0A => Some("\\n"),
             0x0C => Some("\\f"),
             0x0D => Some("\\r"),
-            0x00..=0x1F => None,
-            _ => continue,
+            _ => None,
         };
         out.push_str(&s[start..i]);
         match escape {
@@ -143,29 +157,35 @@ fn write_number(out: &mut String, n: &serde_json::Number) {
 /// ingest short.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CanonicalMembers {
-    members: Vec<(String, String)>,
+    /// Every member's `"name":value` text, back to back (one allocation for the event).
+    text: String,
+    /// Each member's unescaped name and the byte range of its text in `text`, in RFC 8785
+    /// order.
+    members: Vec<(String, std::ops::Range<usize>)>,
 }
 
 impl CanonicalMembers {
     /// Canonicalizes every member of `map`.
     pub fn from_map(map: &Map<String, Value>) -> Self {
-        let mut members: Vec<(String, String)> = map
-            .iter()
-            .map(|(k, v)| {
-                let mut text = String::with_capacity(k.len() + 16);
-                write_string(&mut text, k);
-                text.push(':');
-                write_value(&mut text, v);
-                (k.clone(), text)
-            })
-            .collect();
-        members.sort_by(|a, b| cmp_member_names(&a.0, &b.0));
-        Self { members }
+        let mut text = String::with_capacity(1024);
+        let mut members: Vec<(String, std::ops::Range<usize>)> = Vec::with_capacity(map.len());
+        for (k, v) in map {
+            let start = text.len();
+            write_string(&mut text, k);
+            text.push(':');
+            write_value(&mut text, v);
+            members.push((k.clone(), start..text.len()));
+        }
+        // serde_json's map iterates in byte order, which is RFC 8785 order for ASCII names.
+        if !members.is_sorted_by(|a, b| cmp_member_names(&a.0, &b.0) != Ordering::Greater) {
+            members.sort_by(|a, b| cmp_member_names(&a.0, &b.0));
+        }
+        Self { text, members }
     }
 
     /// Total length of the members' text (without braces and commas).
     pub fn text_len(&self) -> usize {
-        self.members.iter().map(|(_, t)| t.len()).sum()
+        self.text.len()
     }
 
     /// Whether a member with this name exists.
@@ -191,7 +211,8 @@ impl CanonicalMembers {
             out.push_str(text);
         };
         let mut extra_iter = extra.iter().peekable();
-        for (name, text) in &self.members {
+        for (name, range) in &self.members {
+            let text = &self.text[range.clone()];
             while let Some((extra_name, extra_value)) = extra_iter.peek() {
                 if cmp_member_names(extra_name, name) == Ordering::Less {
                     push(&mut out, "");

@@ -45,6 +45,13 @@ pub enum Failure {
         /// Position.
         seq: u64,
     },
+    /// The event carries no signature at all although signatures are required: anyone can
+    /// compute a hash, so an unsigned event could have been forged without the secret.
+    #[serde(rename_all = "camelCase")]
+    Unsigned {
+        /// Position.
+        seq: u64,
+    },
     /// `prevHash` is not the hash of the event before: an event was inserted, removed or
     /// reordered here.
     #[serde(rename_all = "camelCase")]
@@ -93,6 +100,7 @@ impl Failure {
             | Self::SignatureMismatch { seq }
             | Self::UnknownKey { seq, .. }
             | Self::MissingSignature { seq }
+            | Self::Unsigned { seq }
             | Self::ChainBreak { seq, .. }
             | Self::Misplaced { seq, .. }
             | Self::Malformed { seq, .. } => *seq,
@@ -121,6 +129,10 @@ impl std::fmt::Display for Failure {
             Self::MissingSignature { seq } => {
                 write!(f, "seq {seq}: keyId and signature do not go together")
             }
+            Self::Unsigned { seq } => write!(
+                f,
+                "seq {seq}: not signed although signatures are required: forged, or written with AUDIT_ENABLE_SIGNATURES=false"
+            ),
             Self::ChainBreak {
                 seq,
                 prev_hash,
@@ -168,6 +180,7 @@ struct ChainFields<'a> {
 pub struct ChainVerifier<'k> {
     log_id: String,
     keyring: Option<&'k HmacKeyring>,
+    require_signatures: bool,
     next_seq: u64,
     prev_hash: [u8; 32],
     checked: u64,
@@ -181,11 +194,21 @@ impl<'k> ChainVerifier<'k> {
         Self {
             log_id: log_id.to_owned(),
             keyring,
+            require_signatures: false,
             next_seq: 0,
             prev_hash: GENESIS_PREV_HASH,
             checked: 0,
             failures: Vec::new(),
         }
+    }
+
+    /// Requires every event to be signed (when a keyring is given). Without this, an event with
+    /// neither `keyId` nor signature passes, as written with signatures off; but then anyone
+    /// can append a self-consistent forged event at the end of the log, since hashes need no
+    /// secret.
+    pub fn require_signatures(mut self, required: bool) -> Self {
+        self.require_signatures = required;
+        self
     }
 
     /// Checks the row stored at `seq` with its stored `hash` and `signature`.
@@ -251,7 +274,11 @@ impl<'k> ChainVerifier<'k> {
     ) {
         let Some(ring) = self.keyring else { return };
         match (key_id, signature) {
-            (None, None) => {}
+            (None, None) => {
+                if self.require_signatures {
+                    self.failures.push(Failure::Unsigned { seq });
+                }
+            }
             (Some(key_id), Some(sig)) => match ring.verify(key_id, canonical.as_bytes(), sig) {
                 Ok(()) => {}
                 Err(SignatureError::Mismatch) => {
@@ -464,6 +491,45 @@ mod tests {
                 to_seq: 4
             }]
         );
+    }
+
+    #[test]
+    fn unsigned_events_fail_only_when_signatures_are_required() {
+        let ring = ring();
+        let redactor = Redactor::new(&RedactionConfig::default(), b"k").expect("ok");
+        let pipeline = Pipeline::new(ValidationConfig::default(), redactor);
+        let prepared = pipeline
+            .prepare(
+                json!({"action": "a.b", "status": "success"}),
+                10,
+                time::OffsetDateTime::UNIX_EPOCH,
+            )
+            .expect("valid");
+        let sealed = seal(
+            &prepared,
+            &Sequencing {
+                id: "id-0",
+                log_id: "default",
+                seq: 0,
+                received_at: "2026-01-01T00:00:00.000000Z",
+                prev_hash: &GENESIS_PREV_HASH,
+            },
+            None,
+        );
+        let check = |required: bool| {
+            let mut v = ChainVerifier::new("default", Some(&ring)).require_signatures(required);
+            v.check(0, &sealed.canonical, &sealed.hash, None);
+            v.finish().failures
+        };
+        assert!(check(false).is_empty());
+        assert_eq!(check(true), vec![Failure::Unsigned { seq: 0 }]);
+        // Signed events pass either way.
+        let rows = log(3, &ring);
+        let mut v = ChainVerifier::new("default", Some(&ring)).require_signatures(true);
+        for r in &rows {
+            v.check(r.seq, &r.canonical, &r.hash, r.signature.as_deref());
+        }
+        assert!(v.finish().ok());
     }
 
     #[test]

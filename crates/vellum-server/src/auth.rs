@@ -125,11 +125,14 @@ pub fn new_key_id() -> String {
 /// within this time even on another node).
 const CACHE_TTL: Duration = Duration::from_secs(5);
 
+/// Principals by key hash, with the time each was looked up.
+type KeyCache = HashMap<[u8; 32], (Principal, Instant)>;
+
 /// Authenticates bearer keys against the store, with a short positive cache.
 #[derive(Clone)]
 pub struct Authenticator {
     store: Arc<dyn AuditStore>,
-    cache: Arc<RwLock<HashMap<[u8; 32], (Principal, Instant)>>>,
+    cache: Arc<RwLock<KeyCache>>,
 }
 
 impl Authenticator {

@@ -188,8 +188,22 @@ pub(crate) fn indexed_pos(conn: &Connection) -> Result<i64, StoreError> {
 
 /// Turns free text into a safe FTS5 query: each whitespace-separated term becomes a quoted
 /// phrase (so FTS5 operators in user input are literal), all terms must match.
+///
+/// C0 control characters other than tab and newline are dropped first, as sanitization drops
+/// them from stored text (so the query means what it would mean against the stored form);
+/// a NUL in particular would end FTS5's query text early and turn the query into a syntax
+/// error.
 pub(crate) fn fts_query(q: &str) -> Option<String> {
-    let terms: Vec<String> = q
+    let cleaned: std::borrow::Cow<'_, str> =
+        if q.chars().any(|c| c <= '\u{1f}' && c != '\t' && c != '\n') {
+            q.chars()
+                .filter(|&c| c > '\u{1f}' || c == '\t' || c == '\n')
+                .collect::<String>()
+                .into()
+        } else {
+            q.into()
+        };
+    let terms: Vec<String> = cleaned
         .split_whitespace()
         .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
         .collect();
@@ -352,6 +366,16 @@ mod tests {
         assert_eq!(
             fts_query("alice OR \"x"),
             Some("\"alice\" AND \"OR\" AND \"\"\"x\"".to_owned())
+        );
+    }
+
+    #[test]
+    fn fts_query_drops_control_characters() {
+        assert_eq!(fts_query("ze\u{0}bra"), Some("\"zebra\"".to_owned()));
+        assert_eq!(fts_query("\u{0}\u{1}"), None);
+        assert_eq!(
+            fts_query("a\tb\nc"),
+            Some("\"a\" AND \"b\" AND \"c\"".to_owned())
         );
     }
 

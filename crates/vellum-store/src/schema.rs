@@ -64,6 +64,9 @@ pub(crate) const INDEX_SCHEMA: &str = "
     CREATE INDEX IF NOT EXISTS ev_principal ON ev(principal_id, ts) WHERE principal_id IS NOT NULL;
     CREATE INDEX IF NOT EXISTS ev_org ON ev(organization_id, ts) WHERE organization_id IS NOT NULL;
     CREATE INDEX IF NOT EXISTS ev_action ON ev(action, ts);
+    CREATE INDEX IF NOT EXISTS ev_status ON ev(status, ts);
+    CREATE INDEX IF NOT EXISTS ev_class ON ev(classification, ts);
+    CREATE INDEX IF NOT EXISTS ev_target_type ON ev(target_type, ts) WHERE target_type IS NOT NULL;
     CREATE INDEX IF NOT EXISTS ev_target ON ev(target_id, ts) WHERE target_id IS NOT NULL;
     CREATE INDEX IF NOT EXISTS ev_session ON ev(session_id, ts) WHERE session_id IS NOT NULL;
     CREATE INDEX IF NOT EXISTS ev_ip ON ev(ip, ts) WHERE ip IS NOT NULL;

@@ -84,13 +84,12 @@ pub(crate) fn run(config: &ServerConfig, args: &QueryArgs) -> anyhow::Result<Exi
     let client = reqwest::Client::new();
     if !args.json {
         println!(
-            "{} {} {} {} {} {}",
+            "{} {} {} {} {} CLASS",
             truncate("TIMESTAMP", 27),
             truncate("PRINCIPAL", 18),
             truncate("ACTION", 28),
             truncate("STATUS", 8),
             truncate("TARGET", 26),
-            "CLASS"
         );
     }
     let mut cursor: Option<String> = None;

@@ -84,7 +84,11 @@ pub(crate) fn run(config: &ServerConfig, args: &VerifyArgs) -> anyhow::Result<Ex
     let started = std::time::Instant::now();
     let mut reports: Vec<LogReport> = Vec::new();
     for (log_id, _) in &logs {
-        let mut verifier = ChainVerifier::new(log_id, keyring.as_ref());
+        // With signatures enabled (the default), an unsigned event is a failure: otherwise
+        // anyone could append a forged, self-consistent event without the secret. A store
+        // written with AUDIT_ENABLE_SIGNATURES=false is verified with the same setting.
+        let mut verifier = ChainVerifier::new(log_id, keyring.as_ref())
+            .require_signatures(config.enable_signatures);
         let mut from = 0u64;
         loop {
             let rows = store.scan_log(log_id, from, CHUNK)?;

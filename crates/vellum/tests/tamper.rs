@@ -1,0 +1,427 @@
+//! Tamper tests: events are ingested through a real server, which is then stopped with
+//! SIGTERM (it must exit 0); the SQLite store is altered behind Vellum's back and
+//! `vellum verify` must fail, naming the altered position.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use common::Server;
+use rusqlite::{Connection, params};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// Events in each test store.
+const EVENTS: u64 = 40;
+/// The position the tests tamper with.
+const K: i64 = 17;
+
+/// A fresh data dir holding `EVENTS` events (seq 0..EVENTS), written by a real server that was
+/// then stopped gracefully.
+fn store() -> (tempfile::TempDir, PathBuf) {
+    store_with(|_| {})
+}
+
+/// As [`store`], with extra configuration for the server.
+fn store_with(customize: impl Fn(&mut std::process::Command)) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let server = Server::start_with(&data, customize);
+    let rt = common::runtime();
+    let client = common::client();
+    let key = server.admin_key();
+    // One batch, then single events: both paths write the chain.
+    let mut acks = rt.block_on(common::post_batch(
+        &client,
+        &server.url(),
+        &key,
+        (0..EVENTS - 10)
+            .map(|n| common::event("tamper.batch", n))
+            .collect(),
+    ));
+    for n in EVENTS - 10..EVENTS {
+        let receipt: Value = rt.block_on(async {
+            let response = client
+                .post(format!("{}/v1/events", server.url()))
+                .bearer_auth(&key)
+                .json(&common::event("tamper.single", n))
+                .send()
+                .await
+                .expect("posting an event");
+            assert_eq!(response.status().as_u16(), 201);
+            response.json().await.expect("receipt")
+        });
+        acks.push(common::Ack::from_json(&receipt));
+    }
+    let seqs: Vec<u64> = acks.iter().map(|a| a.seq).collect();
+    assert_eq!(seqs, (0..EVENTS).collect::<Vec<_>>());
+    let log = server.log_path();
+    let status = server.terminate();
+    assert!(
+        status.success(),
+        "SIGTERM must drain and exit 0, got {status}; log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    (tmp, data)
+}
+
+/// Opens the store file directly (the server is stopped), runs `f`, closes it.
+fn with_db<T>(data: &Path, f: impl FnOnce(&Connection) -> T) -> T {
+    let conn = Connection::open(data.join("vellum.db")).expect("opening vellum.db");
+    let out = f(&conn);
+    conn.close().expect("closing vellum.db");
+    out
+}
+
+fn body_at(conn: &Connection, seq: i64) -> String {
+    conn.query_row(
+        "SELECT body FROM events WHERE log_id = 'default' AND seq = ?1",
+        params![seq],
+        |r| r.get(0),
+    )
+    .expect("reading a body")
+}
+
+/// Changes one field of the event at `seq` (its status), leaving hash and signature alone.
+fn modify_body(conn: &Connection, seq: i64) {
+    let before = body_at(conn, seq);
+    assert!(before.contains(r#""status":"success""#), "{before}");
+    let changed = conn
+        .execute(
+            r#"UPDATE events SET body = replace(body, '"status":"success"', '"status":"failure"')
+               WHERE log_id = 'default' AND seq = ?1"#,
+            params![seq],
+        )
+        .expect("UPDATE");
+    assert_eq!(changed, 1);
+    assert_ne!(body_at(conn, seq), before);
+}
+
+/// `FAIL …` lines of a text report.
+fn fail_lines(stdout: &str) -> Vec<&str> {
+    stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("FAIL "))
+        .collect()
+}
+
+/// Runs verify, expects exit status 1, returns stdout.
+fn verify_fails(data: &Path, extra: &[&str]) -> String {
+    let out = common::verify(data, extra);
+    let stdout = common::text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "verify should fail with status 1; stdout:\n{stdout}\nstderr:\n{}",
+        common::text(&out.stderr)
+    );
+    stdout
+}
+
+fn json_failures(stdout: &str) -> (Value, Vec<Value>) {
+    let report: Value = serde_json::from_str(stdout).expect("verify --json is JSON");
+    let failures = report["logs"]
+        .as_array()
+        .expect("logs[]")
+        .iter()
+        .flat_map(|l| l["failures"].as_array().cloned().unwrap_or_default())
+        .collect();
+    (report, failures)
+}
+
+#[test]
+fn untouched_store_verifies_ok() {
+    let (_tmp, data) = store();
+    let out = common::verify(&data, &[]);
+    let stdout = common::text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}: {stdout}\n{}",
+        out.status,
+        common::text(&out.stderr)
+    );
+    assert!(stdout.contains("OK"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{EVENTS} events verified")),
+        "{stdout}"
+    );
+    assert!(fail_lines(&stdout).is_empty(), "{stdout}");
+
+    let out = common::verify(&data, &["--json"]);
+    assert!(out.status.success());
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["signaturesChecked"], true, "{report}");
+    assert_eq!(report["logs"][0]["events"], EVENTS, "{report}");
+}
+
+#[test]
+fn modified_body_is_named_by_seq() {
+    let (_tmp, data) = store();
+    with_db(&data, |c| modify_body(c, K));
+    let stdout = verify_fails(&data, &[]);
+    let fails = fail_lines(&stdout);
+    assert!(!fails.is_empty(), "{stdout}");
+    for line in &fails {
+        assert!(
+            line.starts_with(&format!("FAIL seq {K}:")),
+            "only seq {K} was modified: {line}\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("modified"), "{stdout}");
+    assert!(stdout.contains("FAILED"), "{stdout}");
+
+    // (d) the JSON report says the same.
+    let stdout = verify_fails(&data, &["--json"]);
+    let (report, failures) = json_failures(&stdout);
+    assert_eq!(report["ok"], false, "{report}");
+    assert!(!failures.is_empty(), "{report}");
+    assert!(
+        failures.iter().all(|f| f["seq"] == K),
+        "failures at other positions: {report}"
+    );
+    assert!(
+        failures.iter().any(|f| f["kind"] == "hashMismatch"),
+        "{report}"
+    );
+
+    // Without the secret the hash check alone still catches it.
+    let stdout = verify_fails(&data, &["--no-signatures"]);
+    assert!(stdout.contains(&format!("FAIL seq {K}:")), "{stdout}");
+}
+
+#[test]
+fn deleted_event_is_reported_missing() {
+    let (_tmp, data) = store();
+    let deleted = with_db(&data, |c| {
+        c.execute(
+            "DELETE FROM events WHERE log_id = 'default' AND seq = ?1",
+            params![K],
+        )
+        .expect("DELETE")
+    });
+    assert_eq!(deleted, 1);
+    let stdout = verify_fails(&data, &[]);
+    assert!(
+        stdout.contains(&format!("FAIL seq {K}: missing")),
+        "deletion not reported at seq {K}:\n{stdout}"
+    );
+    let stdout = verify_fails(&data, &["--json"]);
+    let (report, failures) = json_failures(&stdout);
+    assert_eq!(report["ok"], false);
+    assert!(
+        failures
+            .iter()
+            .any(|f| f["kind"] == "missing" && f["fromSeq"] == K && f["toSeq"] == K),
+        "{report}"
+    );
+}
+
+#[test]
+fn modified_body_with_recomputed_hash_is_caught() {
+    let (_tmp, data) = store();
+    with_db(&data, |c| {
+        modify_body(c, K);
+        let body = body_at(c, K);
+        let hash = Sha256::digest(body.as_bytes()).to_vec();
+        assert_eq!(hash.len(), 32);
+        let changed = c
+            .execute(
+                "UPDATE events SET hash = ?1 WHERE log_id = 'default' AND seq = ?2",
+                params![hash, K],
+            )
+            .expect("UPDATE hash");
+        assert_eq!(changed, 1);
+        let stored: Vec<u8> = c
+            .query_row(
+                "SELECT hash FROM events WHERE log_id = 'default' AND seq = ?1",
+                params![K],
+                |r| r.get(0),
+            )
+            .expect("hash");
+        assert_eq!(hex::encode(stored), hex::encode(&hash));
+    });
+    let stdout = verify_fails(&data, &[]);
+    assert!(
+        stdout.contains(&format!("FAIL seq {K}:")),
+        "the re-hashed event at seq {K} is not named:\n{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("FAIL seq {}:", K + 1)) && stdout.contains("chain broken"),
+        "the chain break after it is not reported:\n{stdout}"
+    );
+    let stdout = verify_fails(&data, &["--json"]);
+    let (report, failures) = json_failures(&stdout);
+    assert_eq!(report["ok"], false);
+    assert!(
+        failures
+            .iter()
+            .any(|f| f["kind"] == "signatureMismatch" && f["seq"] == K),
+        "{report}"
+    );
+    assert!(
+        failures
+            .iter()
+            .any(|f| f["kind"] == "chainBreak" && f["seq"] == K + 1),
+        "{report}"
+    );
+    // Without the secret, the chain still gives it away.
+    let stdout = verify_fails(&data, &["--no-signatures"]);
+    assert!(
+        stdout.contains(&format!("FAIL seq {}:", K + 1)),
+        "without signatures the chain break must still be found:\n{stdout}"
+    );
+}
+
+#[test]
+fn reordered_events_are_caught() {
+    let (_tmp, data) = store();
+    with_db(&data, |c| {
+        // Swap the positions of K and K+1 (through a temporary position, the pair is unique).
+        c.execute_batch(&format!(
+            "BEGIN;
+             UPDATE events SET seq = -1 WHERE log_id = 'default' AND seq = {K};
+             UPDATE events SET seq = {K} WHERE log_id = 'default' AND seq = {};
+             UPDATE events SET seq = {} WHERE log_id = 'default' AND seq = -1;
+             COMMIT;",
+            K + 1,
+            K + 1
+        ))
+        .expect("swap");
+    });
+    let stdout = verify_fails(&data, &[]);
+    assert!(
+        stdout.contains(&format!("FAIL seq {K}:")),
+        "reordering not reported at seq {K}:\n{stdout}"
+    );
+}
+
+#[test]
+fn stripped_signature_is_caught() {
+    let (_tmp, data) = store();
+    let changed = with_db(&data, |c| {
+        c.execute(
+            "UPDATE events SET signature = NULL WHERE log_id = 'default' AND seq = ?1",
+            params![K],
+        )
+        .expect("UPDATE")
+    });
+    assert_eq!(changed, 1);
+    let stdout = verify_fails(&data, &[]);
+    assert!(stdout.contains(&format!("FAIL seq {K}:")), "{stdout}");
+}
+
+#[test]
+fn wrong_or_missing_secret() {
+    let (tmp, data) = store();
+    // Another secret: every signature fails.
+    let mut cmd = common::vellum(tmp.path());
+    cmd.env("AUDIT_CRYPTO_SECRET", "a-completely-different-secret-value")
+        .args(["verify", "--json", "--data-dir"])
+        .arg(&data);
+    let out = common::run(cmd, common::CLI_LIMIT);
+    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out.stdout));
+    let (_, failures) = json_failures(&common::text(&out.stdout));
+    assert_eq!(failures.len() as u64, EVENTS, "every signature must fail");
+
+    // No secret at all (the server ran with AUDIT_CRYPTO_SECRET, so no secret.key): refused
+    // with a message, unless signatures are explicitly skipped.
+    assert!(!data.join("secret.key").exists());
+    let mut cmd = common::vellum(tmp.path());
+    cmd.args(["verify", "--data-dir"]).arg(&data);
+    let out = common::run(cmd, common::CLI_LIMIT);
+    assert!(!out.status.success());
+    let stderr = common::text(&out.stderr);
+    assert!(stderr.contains("AUDIT_CRYPTO_SECRET"), "{stderr}");
+
+    let mut cmd = common::vellum(tmp.path());
+    cmd.args(["verify", "--no-signatures", "--data-dir"])
+        .arg(&data);
+    let out = common::run(cmd, common::CLI_LIMIT);
+    let stdout = common::text(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("signatures NOT checked"), "{stdout}");
+}
+
+/// An attacker without the secret appends a forged event at the end of the log: the body is
+/// self-consistent (hash = SHA-256 of the text, prevHash = the last event's hash) but carries
+/// no keyId and no signature. With signatures enabled, that must not verify.
+#[test]
+fn forged_unsigned_event_appended_is_caught() {
+    let (_tmp, data) = store();
+    let forged_seq = EVENTS as i64;
+    with_db(&data, |c| {
+        let (last_body, last_hash): (String, Vec<u8>) = c
+            .query_row(
+                "SELECT body, hash FROM events WHERE log_id = 'default' AND seq = ?1",
+                params![forged_seq - 1],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("last event");
+        let mut event: Value = serde_json::from_str(&last_body).expect("stored JSON");
+        let obj = event.as_object_mut().expect("object");
+        assert!(
+            obj.remove("keyId").is_some(),
+            "events are signed: {last_body}"
+        );
+        obj.insert("seq".into(), forged_seq.into());
+        obj.insert("prevHash".into(), hex::encode(&last_hash).into());
+        obj.insert("id".into(), "01900000-0000-7000-8000-000000000001".into());
+        obj.insert("outcomeDescription".into(), "forged".into());
+        let body = serde_json::to_string(&event).expect("JSON");
+        let hash = Sha256::digest(body.as_bytes()).to_vec();
+        let id = [0x01u8, 0x90, 0, 0, 0, 0, 0x70, 0, 0x80, 0, 0, 0, 0, 0, 0, 1];
+        c.execute(
+            "INSERT INTO events (log_id, seq, id, hash, signature, body)
+             VALUES ('default', ?1, ?2, ?3, NULL, ?4)",
+            params![forged_seq, &id[..], hash, body],
+        )
+        .expect("INSERT");
+    });
+    let stdout = verify_fails(&data, &[]);
+    assert!(
+        stdout.contains(&format!("FAIL seq {forged_seq}:")),
+        "the forged event is not named:\n{stdout}"
+    );
+}
+
+/// A store written with `AUDIT_ENABLE_SIGNATURES=false` verifies with the same setting (hashes
+/// and chain still checked), and fails when signatures are required.
+#[test]
+fn store_written_without_signatures() {
+    let (tmp, data) = store_with(|cmd| {
+        cmd.env("AUDIT_ENABLE_SIGNATURES", "false");
+    });
+    let verify_unsigned = |extra: &[&str]| {
+        let mut cmd = common::vellum(tmp.path());
+        cmd.env("AUDIT_CRYPTO_SECRET", common::SECRET)
+            .env("AUDIT_ENABLE_SIGNATURES", "false")
+            .args(["verify", "--data-dir"])
+            .arg(&data)
+            .args(extra);
+        common::run(cmd, common::CLI_LIMIT)
+    };
+    let out = verify_unsigned(&[]);
+    let stdout = common::text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        common::text(&out.stderr)
+    );
+    assert!(stdout.contains("OK"), "{stdout}");
+
+    // Verified as if signatures were on: every event is reported unsigned.
+    let stdout = verify_fails(&data, &["--json"]);
+    let (_, failures) = json_failures(&stdout);
+    assert_eq!(failures.len() as u64, EVENTS, "{stdout}");
+    assert!(failures.iter().all(|f| f["kind"] == "unsigned"), "{stdout}");
+
+    // Tampering is still found by hash.
+    with_db(&data, |c| modify_body(c, K));
+    let out = verify_unsigned(&[]);
+    let stdout = common::text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains(&format!("FAIL seq {K}:")), "{stdout}");
+}
