@@ -10,6 +10,7 @@
 //! every other program that follows SPEC §3 computes the same hashes.
 
 pub mod canonical;
+pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod integrity;
@@ -18,6 +19,7 @@ pub mod model;
 pub mod pipeline;
 pub mod redact;
 pub mod sanitize;
+pub mod tiles;
 pub mod time_fmt;
 pub mod validate;
 pub mod verify;

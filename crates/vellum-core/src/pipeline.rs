@@ -4,7 +4,7 @@
 //! writer of a log, in sequence order).
 
 use crate::FieldError;
-use crate::canonical::{CanonicalMembers, write_string};
+use crate::canonical::{CanonicalMembers, MembersBuilder, write_string};
 use crate::config::ValidationConfig;
 use crate::integrity::{HmacKeyring, event_hash, to_hex};
 use crate::model::{EVENT_VERSION, Severity, default_retention_policy};
@@ -13,6 +13,7 @@ use crate::sanitize::{SecuritySignal, sanitize};
 use crate::time_fmt::format_server_time;
 use crate::validate::validate;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use time::OffsetDateTime;
 
 /// The configured event pipeline: validation limits and compiled redaction rules.
@@ -93,14 +94,19 @@ impl Pipeline {
         let Value::Object(mut map) = event else {
             return Err(vec![FieldError::new("", "an event must be a JSON object")]);
         };
-        apply_defaults(&mut map, now);
-        let redactions = self.redactor.redact(&mut map);
-        if !redactions.is_empty() {
-            map.insert(
-                "redactions".to_owned(),
-                Value::Array(redactions.iter().cloned().map(Value::String).collect()),
-            );
+        // Defaults are written straight into the canonical members, except for a field that a
+        // pointer rule names: that rule must see (and may redact) the default, so it goes
+        // into the map before redaction as it always did.
+        let mut direct: [Option<(&'static str, Cow<'static, str>)>; DEFAULTED_FIELDS] =
+            Default::default();
+        for (slot, (name, value)) in direct.iter_mut().zip(missing_defaults(&map, now)) {
+            if self.redactor.targets_member(name) {
+                map.insert(name.to_owned(), Value::String(value.into_owned()));
+            } else {
+                *slot = Some((name, value));
+            }
         }
+        let redactions = self.redactor.redact(&mut map);
         let idempotency_key = map
             .get("idempotencyKey")
             .and_then(Value::as_str)
@@ -109,8 +115,19 @@ impl Pipeline {
             .get("organizationId")
             .and_then(Value::as_str)
             .map(str::to_owned);
+        let mut members = MembersBuilder::with_capacity(
+            encoded_len + 64 * (DEFAULTED_FIELDS + 1) + 32 * redactions.len(),
+            map.len() + DEFAULTED_FIELDS + 1,
+        );
+        members.push_map(&map);
+        for (name, value) in direct.iter().flatten() {
+            members.push_str_value(name, value);
+        }
+        if !redactions.is_empty() {
+            members.push_str_array("redactions", &redactions);
+        }
         Ok(PreparedEvent {
-            members: CanonicalMembers::from_map(&map),
+            members: members.finish(),
             idempotency_key,
             organization_id,
             redactions,
@@ -119,23 +136,26 @@ impl Pipeline {
     }
 }
 
-/// Fills the fields the server defaults (SPEC §2): `timestamp`, `dataClassification`,
-/// `severity`, `retentionPolicy`, `eventVersion`.
-fn apply_defaults(map: &mut Map<String, Value>, now: OffsetDateTime) {
-    if !map.contains_key("timestamp") {
-        map.insert("timestamp".into(), Value::String(format_server_time(now)));
-    }
-    let classification = match map.get("dataClassification").and_then(Value::as_str) {
-        Some(c) => c.to_owned(),
-        None => {
-            map.insert(
-                "dataClassification".into(),
-                Value::String("INTERNAL".into()),
-            );
-            "INTERNAL".to_owned()
-        }
-    };
-    if !map.contains_key("severity") {
+/// How many fields the server may default.
+const DEFAULTED_FIELDS: usize = 5;
+
+/// The fields the server defaults (SPEC §2) that `map` lacks, with their values:
+/// `timestamp`, `dataClassification`, `severity`, `retentionPolicy`, `eventVersion`. Every
+/// value is derived from the client's fields only, never from another default (the retention
+/// policy follows the classification, defaulted or not).
+fn missing_defaults(
+    map: &Map<String, Value>,
+    now: OffsetDateTime,
+) -> impl Iterator<Item = (&'static str, Cow<'static, str>)> {
+    let timestamp = (!map.contains_key("timestamp")).then(|| Cow::Owned(format_server_time(now)));
+    let given_classification = map.get("dataClassification");
+    let classification = given_classification
+        .and_then(Value::as_str)
+        .unwrap_or("INTERNAL");
+    let default_classification = given_classification
+        .is_none()
+        .then_some(Cow::Borrowed("INTERNAL"));
+    let severity = (!map.contains_key("severity")).then(|| {
         let action = map.get("action").and_then(Value::as_str).unwrap_or("");
         let status = map.get("status").and_then(Value::as_str).unwrap_or("");
         let emergency = map
@@ -143,18 +163,20 @@ fn apply_defaults(map: &mut Map<String, Value>, now: OffsetDateTime) {
             .and_then(|h| h.get("emergencyAccess"))
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        let severity = Severity::derive(action, status, emergency);
-        map.insert("severity".into(), Value::String(severity.as_str().into()));
-    }
-    if !map.contains_key("retentionPolicy") {
-        map.insert(
-            "retentionPolicy".into(),
-            Value::String(default_retention_policy(&classification).into()),
-        );
-    }
-    if !map.contains_key("eventVersion") {
-        map.insert("eventVersion".into(), Value::String(EVENT_VERSION.into()));
-    }
+        Cow::Borrowed(Severity::derive(action, status, emergency).as_str())
+    });
+    let retention = (!map.contains_key("retentionPolicy"))
+        .then(|| Cow::Borrowed(default_retention_policy(classification)));
+    let version = (!map.contains_key("eventVersion")).then_some(Cow::Borrowed(EVENT_VERSION));
+    [
+        ("timestamp", timestamp),
+        ("dataClassification", default_classification),
+        ("severity", severity),
+        ("retentionPolicy", retention),
+        ("eventVersion", version),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| value.map(|v| (name, v)))
 }
 
 fn json_string(text: &str) -> String {

@@ -22,7 +22,7 @@
 //! and allocates nothing unless something is replaced.
 
 use crate::config::{PatternKind, RedactionConfig, RedactionMode, RedactionPreset};
-use crate::model::{SERVER_FIELDS, TYPED_FIELDS};
+use crate::model::{is_server_field, is_typed_field};
 use crate::validate::{Path, Seg};
 use hmac::{Hmac, KeyInit, Mac};
 use regex::Regex;
@@ -311,7 +311,7 @@ impl Redactor {
                         }
                     }
                 }
-                k if TYPED_FIELDS.contains(&k) || SERVER_FIELDS.contains(&k) => {}
+                k if is_typed_field(k) || is_server_field(k) => {}
                 _ => match self.field_mode(key) {
                     Some(mode) => {
                         if self.replace_whole(value, mode) {

@@ -18,7 +18,8 @@ use crate::FieldError;
 use crate::config::ValidationConfig;
 use crate::error::child_pointer;
 use crate::model::{
-    DataClassification, PRINCIPAL_TYPES, SERVER_FIELDS, Severity, Status, TYPED_FIELDS,
+    DataClassification, PRINCIPAL_TYPES, SERVER_FIELDS, Severity, Status, is_server_field,
+    is_typed_field,
 };
 use serde_json::{Map, Value};
 use std::net::IpAddr;
@@ -94,7 +95,7 @@ pub fn validate(
 
 /// A top-level key that is neither a typed field nor a server field.
 fn is_custom_field(key: &str) -> bool {
-    !TYPED_FIELDS.contains(&key) && !SERVER_FIELDS.contains(&key)
+    !is_typed_field(key) && !is_server_field(key)
 }
 
 /// Checks global, per-classification and per-action required fields. Returns the pointers
@@ -399,7 +400,7 @@ fn check_typed_fields(
                 tc.object(Ptr::top("details"), v);
             }
             _ => {
-                if SERVER_FIELDS.contains(&key) {
+                if is_server_field(key) {
                     tc.errors.push(FieldError::new(
                         child_pointer("", key),
                         "is set by the server and must not be sent",

@@ -90,6 +90,57 @@ pub enum Failure {
         /// Why.
         reason: String,
     },
+    /// The Merkle root of the stored events at a signed checkpoint's size is not the signed
+    /// root: something in `[from_seq, tree_size)` was modified, inserted, removed or reordered
+    /// after the checkpoint was signed (the previous checkpoint, at `from_seq`, still matched).
+    #[serde(rename_all = "camelCase")]
+    CheckpointMismatch {
+        /// First position that may differ (size of the last matching checkpoint).
+        from_seq: u64,
+        /// The checkpoint's tree size.
+        tree_size: u64,
+        /// The signed root (hex).
+        signed_root: String,
+        /// The root of the stored events (hex).
+        computed_root: String,
+    },
+    /// A signed checkpoint covers more events than the log holds: the tail was truncated.
+    #[serde(rename_all = "camelCase")]
+    Truncated {
+        /// Events the log holds (first missing position).
+        log_size: u64,
+        /// Events the checkpoint covers.
+        tree_size: u64,
+    },
+    /// A stored checkpoint does not verify (bad signature, unknown key, malformed note).
+    #[serde(rename_all = "camelCase")]
+    CheckpointInvalid {
+        /// The tree size it claims.
+        tree_size: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A stored Merkle tile (used to serve proofs) disagrees with the tree of the stored
+    /// events.
+    #[serde(rename_all = "camelCase")]
+    TileMismatch {
+        /// First leaf the tile covers.
+        seq: u64,
+        /// Tile level.
+        level: u8,
+        /// Tile index.
+        index: u64,
+    },
+    /// The consistency proof served between two successive checkpoints does not verify.
+    #[serde(rename_all = "camelCase")]
+    Inconsistent {
+        /// Smaller tree size.
+        from_size: u64,
+        /// Larger tree size.
+        to_size: u64,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Failure {
@@ -104,7 +155,11 @@ impl Failure {
             | Self::ChainBreak { seq, .. }
             | Self::Misplaced { seq, .. }
             | Self::Malformed { seq, .. } => *seq,
-            Self::Missing { from_seq, .. } => *from_seq,
+            Self::Missing { from_seq, .. } | Self::CheckpointMismatch { from_seq, .. } => *from_seq,
+            Self::Truncated { log_size, .. } => *log_size,
+            Self::CheckpointInvalid { tree_size, .. } => *tree_size,
+            Self::TileMismatch { seq, .. } => *seq,
+            Self::Inconsistent { from_size, .. } => *from_size,
         }
     }
 }
@@ -157,6 +212,37 @@ impl std::fmt::Display for Failure {
                 "seq {seq}: stored here but claims seq {claimed_seq:?} of log {claimed_log:?}: moved"
             ),
             Self::Malformed { seq, reason } => write!(f, "seq {seq}: malformed: {reason}"),
+            Self::CheckpointMismatch {
+                from_seq,
+                tree_size,
+                signed_root,
+                computed_root,
+            } => write!(
+                f,
+                "seq {from_seq}..{tree_size}: Merkle root {computed_root} of the stored events differs from the root {signed_root} signed in the checkpoint of size {tree_size}: events in this range were altered, inserted, removed or reordered after signing"
+            ),
+            Self::Truncated {
+                log_size,
+                tree_size,
+            } => write!(
+                f,
+                "seq {log_size}..{tree_size}: a signed checkpoint covers {tree_size} events but the log holds {log_size}: tail truncated"
+            ),
+            Self::CheckpointInvalid { tree_size, reason } => {
+                write!(f, "checkpoint of size {tree_size}: invalid: {reason}")
+            }
+            Self::TileMismatch { seq, level, index } => write!(
+                f,
+                "seq {seq}: stored Merkle tile (level {level}, index {index}) differs from the tree of the stored events; proofs served from it are wrong"
+            ),
+            Self::Inconsistent {
+                from_size,
+                to_size,
+                reason,
+            } => write!(
+                f,
+                "checkpoints {from_size} -> {to_size}: consistency proof fails: {reason}"
+            ),
         }
     }
 }
@@ -185,6 +271,13 @@ pub struct ChainVerifier<'k> {
     prev_hash: [u8; 32],
     checked: u64,
     failures: Vec<Failure>,
+    /// The Merkle tree of the stored event hashes, in stored order.
+    tree: crate::tiles::TileWriter,
+    /// Signed checkpoints still ahead, smallest size last (popped as the tree reaches them).
+    checkpoints: Vec<crate::checkpoint::CheckpointBody>,
+    /// Size of the last checkpoint whose root matched.
+    last_good_checkpoint: u64,
+    checkpoints_matched: u64,
 }
 
 impl<'k> ChainVerifier<'k> {
@@ -199,6 +292,57 @@ impl<'k> ChainVerifier<'k> {
             prev_hash: GENESIS_PREV_HASH,
             checked: 0,
             failures: Vec::new(),
+            tree: crate::tiles::TileWriter::new(),
+            checkpoints: Vec::new(),
+            last_good_checkpoint: 0,
+            checkpoints_matched: 0,
+        }
+    }
+
+    /// Signed checkpoints (already signature-checked) whose roots the stored events must
+    /// reproduce. Each is compared when the tree reaches its size; any left over at
+    /// [`ChainVerifier::finish`] cover events that are gone (truncation).
+    pub fn with_checkpoints(
+        mut self,
+        mut checkpoints: Vec<crate::checkpoint::CheckpointBody>,
+    ) -> Self {
+        checkpoints.sort_by(|a, b| b.tree_size.cmp(&a.tree_size));
+        checkpoints.dedup_by_key(|c| c.tree_size);
+        self.checkpoints = checkpoints;
+        self.compare_checkpoints();
+        self
+    }
+
+    /// Tiles of the recomputed tree changed since the last call, for comparison with the
+    /// stored tiles that serve proofs.
+    pub fn take_tiles(&mut self) -> Vec<crate::tiles::Tile> {
+        self.tree.take_changed()
+    }
+
+    /// Records a failure found outside the row stream (stored tiles, checkpoint signatures,
+    /// consistency proofs), so one report holds everything.
+    pub fn report(&mut self, failure: Failure) {
+        self.failures.push(failure);
+    }
+
+    fn compare_checkpoints(&mut self) {
+        while let Some(cp) = self.checkpoints.last() {
+            if cp.tree_size != self.tree.size() {
+                return;
+            }
+            let computed = self.tree.root();
+            if computed == cp.root_hash {
+                self.last_good_checkpoint = cp.tree_size;
+                self.checkpoints_matched += 1;
+            } else {
+                self.failures.push(Failure::CheckpointMismatch {
+                    from_seq: self.last_good_checkpoint,
+                    tree_size: cp.tree_size,
+                    signed_root: to_hex(&cp.root_hash),
+                    computed_root: to_hex(&computed),
+                });
+            }
+            self.checkpoints.pop();
         }
     }
 
@@ -263,6 +407,8 @@ impl<'k> ChainVerifier<'k> {
         // (its own hash) rather than also as a break at every later event.
         self.prev_hash = hash.try_into().unwrap_or(computed);
         self.next_seq = seq + 1;
+        self.tree.push(crate::merkle::leaf_hash(&self.prev_hash));
+        self.compare_checkpoints();
     }
 
     fn check_signature(
@@ -315,12 +461,21 @@ impl<'k> ChainVerifier<'k> {
     }
 
     /// The result.
-    pub fn finish(self) -> LogReport {
+    pub fn finish(mut self) -> LogReport {
+        // Checkpoints beyond the stored events: the log was cut short.
+        if let Some(largest) = self.checkpoints.first() {
+            self.failures.push(Failure::Truncated {
+                log_size: self.tree.size(),
+                tree_size: largest.tree_size,
+            });
+        }
         LogReport {
             log_id: self.log_id,
             events: self.checked,
             size: self.next_seq,
             last_hash: to_hex(&self.prev_hash),
+            merkle_root: to_hex(&self.tree.root()),
+            checkpoints_matched: self.checkpoints_matched,
             failures: self.failures,
         }
     }
@@ -338,6 +493,12 @@ pub struct LogReport {
     pub size: u64,
     /// Hash of the last event checked.
     pub last_hash: String,
+    /// Merkle root of the stored events (hex).
+    #[serde(default)]
+    pub merkle_root: String,
+    /// Signed checkpoints whose root the stored events reproduced.
+    #[serde(default)]
+    pub checkpoints_matched: u64,
     /// Every failure, in `seq` order.
     pub failures: Vec<Failure>,
 }

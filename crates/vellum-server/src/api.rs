@@ -46,7 +46,7 @@ impl FromRequestParts<AppState> for Auth {
     }
 }
 
-fn json_response(status: StatusCode, body: String) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: String) -> Response {
     (
         status,
         [(
@@ -62,7 +62,9 @@ fn json_response(status: StatusCode, body: String) -> Response {
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct IngestParams {
-    /// `committed` (the default in embedded mode: the answer comes once the event is durable).
+    /// `committed` (the default in embedded mode: the answer comes once the event is durable)
+    /// or `checkpoint` (the answer comes once a signed checkpoint covers the event, and each
+    /// receipt carries that checkpoint and the event's inclusion proof).
     pub wait: Option<String>,
 }
 
@@ -90,6 +92,18 @@ pub struct AcceptedEntry {
     /// Its receipt.
     #[serde(flatten)]
     pub receipt: Receipt,
+    /// With `?wait=checkpoint`: the covering checkpoint and the inclusion proof.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(value_type = Option<Object>)]
+    pub proof: Option<crate::proofs::InclusionProof>,
+}
+
+/// A single event's receipt with `?wait=checkpoint`.
+#[derive(Debug, Serialize)]
+struct ReceiptWithProof {
+    #[serde(flatten)]
+    receipt: Receipt,
+    proof: crate::proofs::InclusionProof,
 }
 
 /// One refused event of a batch.
@@ -142,11 +156,16 @@ pub async fn post_events(
     body: Body,
 ) -> Result<Response, ApiError> {
     principal.require(Role::Ingest)?;
-    if let Some(wait) = &params.wait
-        && wait != "committed"
-    {
-        return Err(ApiError::bad_request("wait", "must be `committed`"));
-    }
+    let wait_checkpoint = match params.wait.as_deref() {
+        None | Some("committed") => false,
+        Some("checkpoint") => true,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "wait",
+                "must be `committed` or `checkpoint`",
+            ));
+        }
+    };
     let header_key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => match v.to_str() {
@@ -240,21 +259,39 @@ pub async fn post_events(
             }
         }
     }
-    let receipts = submit(&state, submissions).await?;
+    let receipts = submit_with(&state, submissions, wait_checkpoint).await?;
+    let mut proofs = if wait_checkpoint {
+        crate::proofs::proofs_for_receipts(&state, &receipts)
+            .await?
+            .into_iter()
+            .map(Some)
+            .collect()
+    } else {
+        vec![None; receipts.len()]
+    };
     if single {
         let receipt = receipts
             .into_iter()
             .next()
             .ok_or_else(|| ApiError::internal(&"no receipt for an accepted event"))?;
+        let body = match proofs.pop().flatten() {
+            None => serde_json::to_string(&receipt),
+            Some(proof) => serde_json::to_string(&ReceiptWithProof { receipt, proof }),
+        };
         return Ok(json_response(
             StatusCode::CREATED,
-            serde_json::to_string(&receipt).map_err(|e| ApiError::internal(&e))?,
+            body.map_err(|e| ApiError::internal(&e))?,
         ));
     }
     let accepted: Vec<AcceptedEntry> = indices
         .into_iter()
         .zip(receipts)
-        .map(|(index, receipt)| AcceptedEntry { index, receipt })
+        .zip(proofs)
+        .map(|((index, receipt), proof)| AcceptedEntry {
+            index,
+            receipt,
+            proof,
+        })
         .collect();
     if accepted.is_empty() {
         let details = rejected
@@ -307,7 +344,20 @@ pub(crate) async fn submit(
     state: &AppState,
     submissions: Vec<Submission>,
 ) -> Result<Vec<Receipt>, ApiError> {
-    match state.ingest.submit(submissions).await {
+    submit_with(state, submissions, false).await
+}
+
+/// [`submit`], optionally with a checkpoint in the same commit.
+async fn submit_with(
+    state: &AppState,
+    submissions: Vec<Submission>,
+    want_checkpoint: bool,
+) -> Result<Vec<Receipt>, ApiError> {
+    match state
+        .ingest
+        .submit_with(submissions, want_checkpoint, None)
+        .await
+    {
         Ok(Ok(receipts)) => Ok(receipts),
         Ok(Err(commit)) => Err(ApiError::overloaded(format!(
             "the events could not be stored ({commit}); nothing was recorded, retry"

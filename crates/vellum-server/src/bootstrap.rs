@@ -12,6 +12,8 @@ use zeroize::Zeroizing;
 pub const SECRET_FILE: &str = "secret.key";
 /// File holding the bootstrap admin key.
 pub const ADMIN_KEY_FILE: &str = "admin.key";
+/// File holding the generated Ed25519 checkpoint signing key.
+pub const CHECKPOINT_KEY_FILE: &str = "checkpoint.key";
 
 /// What went wrong while preparing the data directory.
 #[derive(Debug, thiserror::Error)]
@@ -124,4 +126,54 @@ pub fn ensure_admin_key(
     })?;
     tracing::warn!(path = %path.display(), "created the bootstrap admin API key; it is stored only as a hash, the file is its only copy");
     Ok(Some(path))
+}
+
+/// Loads the checkpoint signing key from `configured` or `<data-dir>/checkpoint.key`, creating
+/// the latter on first start (base64 of a random 32-byte Ed25519 seed, mode 0600), and records
+/// its public key in the store so `GET /v1/keys` keeps publishing it after a rotation.
+pub fn load_or_create_checkpoint_signer(
+    data_dir: &Path,
+    configured: Option<&Path>,
+    name: &str,
+    store: &dyn AuditStore,
+) -> Result<vellum_core::checkpoint::CheckpointSigner, BootstrapError> {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD as B64;
+    let path = configured.map_or_else(|| data_dir.join(CHECKPOINT_KEY_FILE), Path::to_path_buf);
+    let seed: Zeroizing<[u8; 32]> = match std::fs::read(&path) {
+        Ok(bytes) => {
+            let bytes = Zeroizing::new(bytes);
+            let raw = Zeroizing::new(B64.decode(bytes.trim_ascii()).map_err(|_| {
+                BootstrapError::Invalid(format!("{} is not base64", path.display()))
+            })?);
+            let seed: [u8; 32] = raw.as_slice().try_into().map_err(|_| {
+                BootstrapError::Invalid(format!(
+                    "{} must hold a base64 32-byte Ed25519 seed",
+                    path.display()
+                ))
+            })?;
+            Zeroizing::new(seed)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && configured.is_none() => {
+            let mut seed = Zeroizing::new([0u8; 32]);
+            getrandom::fill(seed.as_mut()).map_err(|e| BootstrapError::Random(e.to_string()))?;
+            let mut text = Zeroizing::new(B64.encode(seed.as_ref()).into_bytes());
+            text.push(b'\n');
+            write_private_file(&path, &text)?;
+            tracing::warn!(path = %path.display(), "created the Ed25519 checkpoint signing key; back it up");
+            seed
+        }
+        Err(source) => return Err(BootstrapError::Io { path, source }),
+    };
+    let signer = vellum_core::checkpoint::CheckpointSigner::from_seed(name, &seed)
+        .map_err(|e| BootstrapError::Invalid(e.to_string()))?;
+    let public = signer.public();
+    store.insert_checkpoint_key(&vellum_store::CheckpointKeyRecord {
+        key_id: public.key_id_hex(),
+        name: public.name.clone(),
+        public_key: public.public_key,
+        created_at: vellum_core::pipeline::server_now().1,
+    })?;
+    tracing::info!(key_id = %public.key_id_hex(), "checkpoint signing key loaded");
+    Ok(signer)
 }

@@ -34,6 +34,15 @@ pub struct ServerConfig {
     pub log_per_organization: bool,
     /// How long a search waits for the index to catch up, in milliseconds (default 2000).
     pub index_wait_ms: u64,
+    /// Longest time, in milliseconds, between events arriving and a checkpoint covering them
+    /// (SPEC §4 `checkpointInterval`, default 1000).
+    pub checkpoint_interval_ms: u64,
+    /// File holding the Ed25519 checkpoint signing key (base64 32-byte seed); default
+    /// `<data-dir>/checkpoint.key`, created on first start. Pointing it at a new key rotates:
+    /// old public keys stay published and old checkpoints keep verifying.
+    pub checkpoint_key_file: Option<PathBuf>,
+    /// Signer name in checkpoint signature lines (default `vellum`).
+    pub checkpoint_key_name: String,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -50,6 +59,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("ingest_queue_events", &self.ingest_queue_events)
             .field("max_commit_batch", &self.max_commit_batch)
             .field("log_per_organization", &self.log_per_organization)
+            .field("checkpoint_interval_ms", &self.checkpoint_interval_ms)
+            .field("checkpoint_key_file", &self.checkpoint_key_file)
             .finish_non_exhaustive()
     }
 }
@@ -68,6 +79,9 @@ impl Default for ServerConfig {
             max_commit_batch: 5_000,
             log_per_organization: false,
             index_wait_ms: 2_000,
+            checkpoint_interval_ms: 1_000,
+            checkpoint_key_file: None,
+            checkpoint_key_name: vellum_core::checkpoint::DEFAULT_KEY_NAME.to_owned(),
         }
     }
 }

@@ -8,6 +8,12 @@
 //! that arrive while a group is committing form the next group (group commit), so one fsync
 //! covers many requests.
 //!
+//! The writer also keeps each log's Merkle tree ([`TileWriter`]): the tiles an append changes
+//! go into the same transaction as its events, and a signed checkpoint joins the transaction
+//! whenever `checkpoint_interval` has passed since the last one (or a submitter asked for one).
+//! When events stop arriving, the writer wakes up after the interval to checkpoint what is not
+//! yet covered, so every event is under a checkpoint within about one interval.
+//!
 //! Invariants:
 //! - **One writer per log**: only this thread appends; it owns each log's head.
 //! - **Ack means durable**: replies are sent after [`AuditStore::append`] returned.
@@ -16,7 +22,7 @@
 //! - If a commit fails, nothing of the group is acknowledged and the heads are reloaded from
 //!   the store, so the chain continues from what is durable.
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,8 +30,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
+use vellum_core::checkpoint::{CheckpointBody, CheckpointSigner, SignedCheckpoint};
 use vellum_core::integrity::{GENESIS_PREV_HASH, HmacKeyring, to_hex};
+use vellum_core::merkle::leaf_hash;
 use vellum_core::pipeline::{PreparedEvent, Sequencing, seal, server_now};
+use vellum_core::tiles::TileWriter;
 use vellum_core::time_fmt::unix_micros;
 use vellum_store::{AppendBatch, AuditStore, IdempotencyRecord, NewEvent, StoreError};
 
@@ -60,6 +69,10 @@ pub struct Submission {
 
 struct Request {
     submissions: Vec<Submission>,
+    /// Sign a checkpoint in this commit covering these events (`?wait=checkpoint`), or, with
+    /// no submissions, covering everything in `checkpoint_log` (on-demand checkpoint).
+    want_checkpoint: bool,
+    checkpoint_log: Option<String>,
     reply: oneshot::Sender<Result<Vec<Receipt>, CommitError>>,
 }
 
@@ -88,6 +101,8 @@ pub struct WriterConfig {
     pub max_batch: usize,
     /// One log per organization.
     pub log_per_organization: bool,
+    /// Longest time between events arriving and a checkpoint covering them.
+    pub checkpoint_interval: Duration,
 }
 
 /// Handle used by request tasks to submit events.
@@ -115,8 +130,31 @@ impl IngestHandle {
         &self,
         submissions: Vec<Submission>,
     ) -> Result<Result<Vec<Receipt>, CommitError>, SubmitError> {
+        self.submit_with(submissions, false, None).await
+    }
+
+    /// Asks the writer for a checkpoint of `log_id` now (if it grew since the last one) and
+    /// waits until it is durable.
+    pub async fn checkpoint_now(&self, log_id: &str) -> Result<(), SubmitError> {
+        match self
+            .submit_with(Vec::new(), true, Some(log_id.to_owned()))
+            .await?
+        {
+            Ok(_) => Ok(()),
+            Err(_) => Err(SubmitError::Stopped),
+        }
+    }
+
+    /// [`IngestHandle::submit`], optionally asking for a checkpoint covering the events in the
+    /// same commit.
+    pub async fn submit_with(
+        &self,
+        submissions: Vec<Submission>,
+        want_checkpoint: bool,
+        checkpoint_log: Option<String>,
+    ) -> Result<Result<Vec<Receipt>, CommitError>, SubmitError> {
         let n = submissions.len();
-        if n == 0 {
+        if n == 0 && checkpoint_log.is_none() {
             return Ok(Ok(Vec::new()));
         }
         if !self.is_alive() {
@@ -129,7 +167,13 @@ impl IngestHandle {
             return Err(SubmitError::Full);
         }
         let (reply, wait) = oneshot::channel();
-        if self.tx.send(Request { submissions, reply }).is_err() {
+        let request = Request {
+            submissions,
+            want_checkpoint,
+            checkpoint_log,
+            reply,
+        };
+        if self.tx.send(request).is_err() {
             self.queued.fetch_sub(n, Ordering::AcqRel);
             return Err(SubmitError::Stopped);
         }
@@ -147,6 +191,7 @@ impl Writer {
     pub fn start(
         store: Arc<dyn AuditStore>,
         keyring: Option<Arc<HmacKeyring>>,
+        signer: Arc<CheckpointSigner>,
         config: WriterConfig,
     ) -> Result<(Self, IngestHandle), StoreError> {
         let heads = load_heads(store.as_ref())?;
@@ -162,6 +207,7 @@ impl Writer {
         let mut state = WriterState {
             store,
             keyring,
+            signer,
             heads,
             config,
             queued,
@@ -193,27 +239,107 @@ impl Writer {
 struct Head {
     size: u64,
     last_hash: [u8; 32],
+    tree: TileWriter,
+    /// Size covered by the newest checkpoint.
+    checkpointed: u64,
+    /// When the newest checkpoint was made (by this process; startup counts as one).
+    checkpointed_at: Instant,
 }
 
+impl Head {
+    fn empty() -> Self {
+        Self {
+            size: 0,
+            last_hash: GENESIS_PREV_HASH,
+            tree: TileWriter::new(),
+            checkpointed: 0,
+            checkpointed_at: Instant::now(),
+        }
+    }
+}
+
+/// Loads every log's head and Merkle edge from the store.
+///
+/// A store written before the tree existed (schema v1) has events but no tiles: the tree is
+/// then rebuilt once from the stored event hashes. Any other disagreement between the log and
+/// its tiles is damage, and the writer refuses to start rather than extend a broken tree.
 fn load_heads(store: &dyn AuditStore) -> Result<HashMap<String, Head>, StoreError> {
-    Ok(store
-        .log_heads()?
-        .into_iter()
-        .map(|h| {
-            (
-                h.log_id,
-                Head {
-                    size: h.size,
-                    last_hash: h.last_hash,
-                },
-            )
-        })
-        .collect())
+    let mut heads = HashMap::new();
+    for h in store.log_heads()? {
+        let log = h.log_id.clone();
+        let resumed = TileWriter::resume(h.size, |key| store.merkle_tile(&log, key))?;
+        let tree = match resumed {
+            Ok(tree) => tree,
+            Err(e) => {
+                let has_any_tile = TileWriter::edge_tiles(h.size)
+                    .iter()
+                    .any(|(k, _)| matches!(store.merkle_tile(&log, *k), Ok(Some(_))))
+                    || matches!(
+                        store.merkle_tile(&log, vellum_core::tiles::TileKey { level: 0, index: 0 }),
+                        Ok(Some(_))
+                    );
+                if has_any_tile {
+                    return Err(StoreError::Corrupt(format!(
+                        "log {log}: the Merkle tree does not match the log ({e}); run `vellum verify`"
+                    )));
+                }
+                tracing::warn!(log = %log, events = h.size, "log has no Merkle tree yet; building it from the stored events");
+                rebuild_tree(store, &log, h.size)?
+            }
+        };
+        let checkpointed = store.latest_checkpoint(&log)?.map_or(0, |c| c.tree_size);
+        heads.insert(
+            h.log_id,
+            Head {
+                size: h.size,
+                last_hash: h.last_hash,
+                tree,
+                checkpointed,
+                checkpointed_at: Instant::now(),
+            },
+        );
+    }
+    Ok(heads)
+}
+
+/// Builds a log's tree from its events and stores the tiles (one-time upgrade path).
+fn rebuild_tree(store: &dyn AuditStore, log: &str, size: u64) -> Result<TileWriter, StoreError> {
+    let mut tree = TileWriter::new();
+    let mut next = 0u64;
+    while next < size {
+        let page = store.scan_log(log, next, 10_000)?;
+        if page.is_empty() {
+            break;
+        }
+        for event in &page {
+            if event.seq != next {
+                return Err(StoreError::Corrupt(format!(
+                    "log {log}: seq {next} is missing; run `vellum verify`"
+                )));
+            }
+            let hash: [u8; 32] = event.hash.as_slice().try_into().map_err(|_| {
+                StoreError::Corrupt(format!("log {log}: seq {next} has a malformed hash"))
+            })?;
+            tree.push(leaf_hash(&hash));
+            next += 1;
+        }
+        let batch = AppendBatch {
+            tiles: tree
+                .take_changed()
+                .into_iter()
+                .map(|t| (log.to_owned(), t))
+                .collect(),
+            ..AppendBatch::default()
+        };
+        store.append(&batch)?;
+    }
+    Ok(tree)
 }
 
 struct WriterState {
     store: Arc<dyn AuditStore>,
     keyring: Option<Arc<HmacKeyring>>,
+    signer: Arc<CheckpointSigner>,
     heads: HashMap<String, Head>,
     config: WriterConfig,
     queued: Arc<AtomicUsize>,
@@ -228,7 +354,21 @@ enum Outcome {
 
 impl WriterState {
     fn run(&mut self, rx: &Receiver<Request>) {
-        while let Ok(first) = rx.recv() {
+        loop {
+            let first = match self.next_checkpoint_due() {
+                None => match rx.recv() {
+                    Ok(r) => r,
+                    Err(_) => break,
+                },
+                Some(due) => match rx.recv_timeout(due) {
+                    Ok(r) => r,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.checkpoint_idle_logs();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+            };
             let mut group = vec![first];
             let mut events: usize = group[0].submissions.len();
             while events < self.config.max_batch {
@@ -241,6 +381,67 @@ impl WriterState {
                 }
             }
             self.commit_group(group, events);
+        }
+        // Shutting down: leave every acknowledged event under a checkpoint.
+        self.checkpoint_idle_logs_now();
+    }
+
+    /// How long until some log with uncovered events is due for a checkpoint.
+    fn next_checkpoint_due(&self) -> Option<Duration> {
+        self.heads
+            .values()
+            .filter(|h| h.size > h.checkpointed)
+            .map(|h| {
+                (h.checkpointed_at + self.config.checkpoint_interval)
+                    .saturating_duration_since(Instant::now())
+            })
+            .min()
+    }
+
+    fn checkpoint_idle_logs(&mut self) {
+        let interval = self.config.checkpoint_interval;
+        self.write_checkpoints(|h| h.checkpointed_at.elapsed() >= interval);
+    }
+
+    fn checkpoint_idle_logs_now(&mut self) {
+        self.write_checkpoints(|_| true);
+    }
+
+    /// Signs and stores, on their own, checkpoints of the logs with uncovered events that
+    /// `due` selects.
+    fn write_checkpoints(&mut self, due: impl Fn(&Head) -> bool) {
+        let timestamp = server_now().1;
+        let mut batch = AppendBatch::default();
+        let mut covered = Vec::new();
+        for (log_id, head) in &self.heads {
+            if head.size > head.checkpointed && due(head) {
+                batch
+                    .checkpoints
+                    .push(self.signer.sign(&body_of(log_id, head), &timestamp));
+                covered.push((log_id.clone(), head.size));
+            }
+        }
+        if batch.checkpoints.is_empty() {
+            return;
+        }
+        match self.store.append(&batch) {
+            Ok(()) => {
+                metrics::counter!("vellum_checkpoints_total").increment(covered.len() as u64);
+                for (log_id, size) in covered {
+                    if let Some(h) = self.heads.get_mut(&log_id) {
+                        h.checkpointed = size;
+                        h.checkpointed_at = Instant::now();
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "storing a checkpoint failed; retrying after the interval");
+                for (log_id, _) in covered {
+                    if let Some(h) = self.heads.get_mut(&log_id) {
+                        h.checkpointed_at = Instant::now();
+                    }
+                }
+            }
         }
     }
 
@@ -309,11 +510,20 @@ impl WriterState {
         let mut batch = AppendBatch::default();
         let mut new_receipts: Vec<Receipt> = Vec::new();
         let mut outcomes: Vec<Vec<Outcome>> = Vec::with_capacity(group.len());
+        let mut touched: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        let mut force_checkpoint: std::collections::BTreeSet<String> =
+            std::collections::BTreeSet::new();
         for request in group {
+            if let Some(log) = &request.checkpoint_log {
+                force_checkpoint.insert(log.clone());
+            }
             let mut request_outcomes = Vec::with_capacity(request.submissions.len());
             for submission in &request.submissions {
                 if let Some(key) = submission.idempotency_key.as_deref() {
                     if let Some(receipt) = known.get(key) {
+                        if request.want_checkpoint {
+                            force_checkpoint.insert(receipt.log_id.clone());
+                        }
                         request_outcomes.push(Outcome::Replay(receipt.clone()));
                         continue;
                     }
@@ -323,10 +533,7 @@ impl WriterState {
                     }
                 }
                 let log_id = self.log_for(&submission.event);
-                let head = self.heads.entry(log_id.clone()).or_insert(Head {
-                    size: 0,
-                    last_hash: GENESIS_PREV_HASH,
-                });
+                let head = self.heads.entry(log_id.clone()).or_insert_with(Head::empty);
                 let id = uuid::Uuid::now_v7();
                 let id_text = id.hyphenated().to_string();
                 let sealed = seal(
@@ -349,6 +556,11 @@ impl WriterState {
                 };
                 head.size += 1;
                 head.last_hash = sealed.hash;
+                head.tree.push(leaf_hash(&sealed.hash));
+                if request.want_checkpoint {
+                    force_checkpoint.insert(log_id.clone());
+                }
+                touched.insert(log_id.clone());
                 if let Some(key) = submission.idempotency_key.as_deref() {
                     first_in_group.insert(key, new_receipts.len());
                     batch.idempotency.push(IdempotencyRecord {
@@ -371,8 +583,41 @@ impl WriterState {
             outcomes.push(request_outcomes);
         }
 
+        // The tree's changed tiles, and checkpoints that are due or asked for, commit with the
+        // events: one fsync covers all of it.
+        let interval = self.config.checkpoint_interval;
+        let mut checkpointed = Vec::new();
+        for log_id in touched.union(&force_checkpoint) {
+            let Some(head) = self.heads.get_mut(log_id) else {
+                continue;
+            };
+            batch.tiles.extend(
+                head.tree
+                    .take_changed()
+                    .into_iter()
+                    .map(|t| (log_id.clone(), t)),
+            );
+            let due =
+                head.checkpointed_at.elapsed() >= interval || force_checkpoint.contains(log_id);
+            if head.size > head.checkpointed && due {
+                batch
+                    .checkpoints
+                    .push(self.signer.sign(&body_of(log_id, head), &received_at));
+                checkpointed.push(log_id.clone());
+            }
+        }
+
         self.store.append(&batch)?;
         metrics::counter!("vellum_events_ingested_total").increment(batch.events.len() as u64);
+        if !checkpointed.is_empty() {
+            metrics::counter!("vellum_checkpoints_total").increment(checkpointed.len() as u64);
+        }
+        for log_id in checkpointed {
+            if let Some(head) = self.heads.get_mut(&log_id) {
+                head.checkpointed = head.size;
+                head.checkpointed_at = Instant::now();
+            }
+        }
 
         Ok(outcomes
             .into_iter()
@@ -388,3 +633,14 @@ impl WriterState {
             .collect())
     }
 }
+
+fn body_of(log_id: &str, head: &Head) -> CheckpointBody {
+    CheckpointBody {
+        log_id: log_id.to_owned(),
+        tree_size: head.size,
+        root_hash: head.tree.root(),
+    }
+}
+
+/// Re-exported for handlers that build receipts with checkpoints.
+pub type Checkpoint = SignedCheckpoint;

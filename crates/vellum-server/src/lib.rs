@@ -14,7 +14,9 @@ pub mod bootstrap;
 pub mod config;
 pub mod error;
 pub mod ingest;
+pub mod proofs;
 pub mod telemetry;
+pub mod verification;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
@@ -50,6 +52,10 @@ pub struct AppState {
     pub config: Arc<ServerConfig>,
     /// Prometheus renderer.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// HMAC keys, for `POST /v1/verify`.
+    pub keyring: Arc<HmacKeyring>,
+    /// Public half of the key signing new checkpoints.
+    pub checkpoint_key: vellum_core::checkpoint::CheckpointKey,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -87,11 +93,25 @@ pub enum ServerError {
         api::get_event,
         api::healthz,
         api::readyz,
-        api::metrics_text
+        api::metrics_text,
+        proofs::get_keys,
+        proofs::get_checkpoint,
+        proofs::post_checkpoint,
+        proofs::get_proof,
+        proofs::get_consistency,
+        proofs::post_verify
     ),
-    components(schemas(ingest::Receipt, api::BatchReceipt, api::AcceptedEntry, api::RejectedEntry)),
+    components(schemas(
+        ingest::Receipt, api::BatchReceipt, api::AcceptedEntry, api::RejectedEntry,
+        proofs::KeysResponse, proofs::PublishedKey, proofs::InclusionProof,
+        proofs::ConsistencyProof, proofs::VerifyRequest, verification::VerifyReport
+    )),
     modifiers(&BearerAuth),
-    tags((name = "events", description = "Ingest and search"), (name = "operations", description = "Health and metrics"))
+    tags(
+        (name = "events", description = "Ingest and search"),
+        (name = "proofs", description = "Checkpoints, proofs and verification"),
+        (name = "operations", description = "Health and metrics")
+    )
 )]
 pub struct ApiDoc;
 
@@ -147,6 +167,14 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/events", get(api::search_events).post(api::post_events))
         .route("/v1/events/{id}", get(api::get_event))
+        .route("/v1/events/{id}/proof", get(proofs::get_proof))
+        .route("/v1/keys", get(proofs::get_keys))
+        .route(
+            "/v1/logs/{logId}/checkpoint",
+            get(proofs::get_checkpoint).post(proofs::post_checkpoint),
+        )
+        .route("/v1/logs/{logId}/consistency", get(proofs::get_consistency))
+        .route("/v1/verify", axum::routing::post(proofs::post_verify))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics_text))
@@ -216,13 +244,22 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let redactor = Redactor::new(&config.redaction, &token_key)?;
     let pipeline = Arc::new(Pipeline::new(config.validation.clone(), redactor));
     let admin_key_file = bootstrap::ensure_admin_key(&data_dir, store.as_ref())?;
+    let signer = Arc::new(bootstrap::load_or_create_checkpoint_signer(
+        &data_dir,
+        config.checkpoint_key_file.as_deref(),
+        &config.checkpoint_key_name,
+        store.as_ref(),
+    )?);
+    let checkpoint_key = signer.public();
     let (writer, ingest) = ingest::Writer::start(
         store.clone(),
         config.enable_signatures.then(|| keyring.clone()),
+        signer,
         ingest::WriterConfig {
             capacity: config.ingest_queue_events,
             max_batch: config.max_commit_batch,
             log_per_organization: config.log_per_organization,
+            checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms.max(1)),
         },
     )?;
     let state = AppState {
@@ -232,6 +269,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         auth: auth::Authenticator::new(store.clone()),
         config: config.clone(),
         metrics: telemetry::prometheus(),
+        keyring,
+        checkpoint_key,
     };
     let listener = TcpListener::bind(config.listen)
         .await

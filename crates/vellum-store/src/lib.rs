@@ -72,6 +72,50 @@ pub trait AuditStore: Send + Sync + 'static {
     /// Marks a key revoked; false when no such key.
     fn revoke_api_key(&self, id: &str, at: &str) -> Result<bool, StoreError>;
 
+    /// The stored hashes of one Merkle tile (see `vellum_core::tiles`), if any.
+    fn merkle_tile(
+        &self,
+        log_id: &str,
+        key: vellum_core::tiles::TileKey,
+    ) -> Result<Option<Vec<vellum_core::merkle::Hash>>, StoreError>;
+
+    /// Stores a checkpoint on its own (one made while no events arrived).
+    fn insert_checkpoint(
+        &self,
+        checkpoint: &vellum_core::checkpoint::SignedCheckpoint,
+    ) -> Result<(), StoreError>;
+
+    /// The newest checkpoint of a log.
+    fn latest_checkpoint(
+        &self,
+        log_id: &str,
+    ) -> Result<Option<vellum_core::checkpoint::SignedCheckpoint>, StoreError>;
+
+    /// The oldest checkpoint of a log with `tree_size >= min_size`.
+    fn checkpoint_covering(
+        &self,
+        log_id: &str,
+        min_size: u64,
+    ) -> Result<Option<vellum_core::checkpoint::SignedCheckpoint>, StoreError>;
+
+    /// Checkpoints of a log in `tree_size` order, at most `limit`, with size `> after_size`
+    /// (pass `None` to start at the beginning).
+    fn list_checkpoints(
+        &self,
+        log_id: &str,
+        after_size: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<vellum_core::checkpoint::SignedCheckpoint>, StoreError>;
+
+    /// Every log id that has events or checkpoints.
+    fn log_ids(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Records a checkpoint public key (idempotent).
+    fn insert_checkpoint_key(&self, key: &CheckpointKeyRecord) -> Result<(), StoreError>;
+
+    /// Every checkpoint public key ever used, oldest first.
+    fn checkpoint_keys(&self) -> Result<Vec<CheckpointKeyRecord>, StoreError>;
+
     /// A metadata value.
     fn meta_get(&self, key: &str) -> Result<Option<String>, StoreError>;
     /// Sets a metadata value.

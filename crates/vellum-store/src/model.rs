@@ -48,6 +48,10 @@ pub struct AppendBatch {
     pub events: Vec<NewEvent>,
     /// Receipts for idempotency keys carried by these events.
     pub idempotency: Vec<IdempotencyRecord>,
+    /// Merkle tiles changed by these events (invariant: stored with them, atomically).
+    pub tiles: Vec<(String, vellum_core::tiles::Tile)>,
+    /// Checkpoints signed over the tree including these events.
+    pub checkpoints: Vec<vellum_core::checkpoint::SignedCheckpoint>,
 }
 
 /// An event as stored.
@@ -142,6 +146,19 @@ pub struct SearchPage {
     pub next_cursor: Option<String>,
     /// Events committed to the log but not yet visible to search when the query ran.
     pub index_lag: u64,
+}
+
+/// A checkpoint public key as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointKeyRecord {
+    /// 8 hex digits.
+    pub key_id: String,
+    /// Signer name.
+    pub name: String,
+    /// Ed25519 public key.
+    pub public_key: [u8; 32],
+    /// When it was first used (RFC 3339).
+    pub created_at: String,
 }
 
 /// An API key as stored: only a hash of the secret.

@@ -36,6 +36,31 @@ const LOG_MIGRATIONS: &[&str] = &[
         revoked_at      TEXT
      );
      CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    // v2: the verifiable log. Merkle tiles (written in the same transaction as the events they
+    // cover), signed checkpoints, and every checkpoint public key ever used.
+    "CREATE TABLE merkle_tiles (
+        log_id     TEXT    NOT NULL,
+        level      INTEGER NOT NULL,
+        idx        INTEGER NOT NULL,
+        hashes     BLOB    NOT NULL,
+        PRIMARY KEY (log_id, level, idx)
+     ) WITHOUT ROWID;
+     CREATE TABLE checkpoints (
+        log_id     TEXT    NOT NULL,
+        tree_size  INTEGER NOT NULL,
+        root_hash  BLOB    NOT NULL,
+        timestamp  TEXT    NOT NULL,
+        key_id     TEXT    NOT NULL,
+        signature  TEXT    NOT NULL,
+        note       TEXT    NOT NULL,
+        PRIMARY KEY (log_id, tree_size)
+     ) WITHOUT ROWID;
+     CREATE TABLE checkpoint_keys (
+        key_id     TEXT PRIMARY KEY,
+        name       TEXT NOT NULL,
+        public_key BLOB NOT NULL,
+        created_at TEXT NOT NULL
+     );",
 ];
 
 /// Version of `index.db` this binary writes.

@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use vellum_core::checkpoint::SignedCheckpoint;
+use vellum_core::tiles::{Tile, TileKey};
 
 /// File name of the log inside the data directory.
 pub const LOG_FILE: &str = "vellum.db";
@@ -431,6 +433,39 @@ fn hash32(bytes: Vec<u8>, what: &str) -> Result<[u8; 32], StoreError> {
         .map_err(|_| StoreError::Corrupt(format!("{what} is not 32 bytes")))
 }
 
+fn insert_checkpoint_row(conn: &Connection, cp: &SignedCheckpoint) -> Result<(), StoreError> {
+    let root = hex::decode(&cp.root_hash)
+        .map_err(|_| StoreError::Corrupt("checkpoint root hash is not hex".into()))?;
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO checkpoints (log_id, tree_size, root_hash, timestamp, key_id, signature, note)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        cp.log_id,
+        i64::try_from(cp.tree_size).unwrap_or(i64::MAX),
+        root,
+        cp.timestamp,
+        cp.key_id,
+        cp.signature,
+        cp.note
+    ])?;
+    Ok(())
+}
+
+const CHECKPOINT_COLUMNS: &str = "log_id, tree_size, root_hash, timestamp, key_id, signature, note";
+
+fn row_to_checkpoint(row: &rusqlite::Row<'_>) -> rusqlite::Result<SignedCheckpoint> {
+    Ok(SignedCheckpoint {
+        log_id: row.get(0)?,
+        tree_size: u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+        root_hash: hex::encode(row.get::<_, Vec<u8>>(2)?),
+        timestamp: row.get(3)?,
+        key_id: row.get(4)?,
+        signature: row.get(5)?,
+        note: row.get(6)?,
+    })
+}
+
 fn row_to_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
     Ok(StoredEvent {
         pos: row.get(0)?,
@@ -470,7 +505,11 @@ impl AuditStore for SqliteStore {
     }
 
     fn append(&self, batch: &AppendBatch) -> Result<(), StoreError> {
-        if batch.events.is_empty() && batch.idempotency.is_empty() {
+        if batch.events.is_empty()
+            && batch.idempotency.is_empty()
+            && batch.tiles.is_empty()
+            && batch.checkpoints.is_empty()
+        {
             return Ok(());
         }
         let mut conn = self.writer.lock();
@@ -495,6 +534,20 @@ impl AuditStore for SqliteStore {
             )?;
             for record in &batch.idempotency {
                 remember.execute(params![record.key, record.created_micros, record.receipt])?;
+            }
+            let mut tile = tx.prepare_cached(
+                "INSERT OR REPLACE INTO merkle_tiles (log_id, level, idx, hashes) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for (log_id, t) in &batch.tiles {
+                tile.execute(params![
+                    log_id,
+                    t.key.level,
+                    i64::try_from(t.key.index).unwrap_or(i64::MAX),
+                    t.to_bytes()
+                ])?;
+            }
+            for cp in &batch.checkpoints {
+                insert_checkpoint_row(&tx, cp)?;
             }
         }
         tx.commit()?;
@@ -680,6 +733,146 @@ impl AuditStore for SqliteStore {
             params![id, at],
         )?;
         Ok(changed > 0)
+    }
+
+    fn merkle_tile(
+        &self,
+        log_id: &str,
+        key: TileKey,
+    ) -> Result<Option<Vec<vellum_core::merkle::Hash>>, StoreError> {
+        self.with_reader(|conn| {
+            let bytes: Option<Vec<u8>> = conn
+                .prepare_cached(
+                    "SELECT hashes FROM log.merkle_tiles WHERE log_id = ?1 AND level = ?2 AND idx = ?3",
+                )?
+                .query_row(
+                    params![
+                        log_id,
+                        key.level,
+                        i64::try_from(key.index).unwrap_or(i64::MAX)
+                    ],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match bytes {
+                None => Ok(None),
+                Some(b) => Tile::hashes_from_bytes(&b).map(Some).ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "Merkle tile {log_id}/{}/{} has {} bytes",
+                        key.level,
+                        key.index,
+                        b.len()
+                    ))
+                }),
+            }
+        })
+    }
+
+    fn insert_checkpoint(&self, checkpoint: &SignedCheckpoint) -> Result<(), StoreError> {
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        insert_checkpoint_row(&tx, checkpoint)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn latest_checkpoint(&self, log_id: &str) -> Result<Option<SignedCheckpoint>, StoreError> {
+        self.with_reader(|conn| {
+            Ok(conn
+                .prepare_cached(&format!(
+                    "SELECT {CHECKPOINT_COLUMNS} FROM log.checkpoints WHERE log_id = ?1
+                     ORDER BY tree_size DESC LIMIT 1"
+                ))?
+                .query_row(params![log_id], row_to_checkpoint)
+                .optional()?)
+        })
+    }
+
+    fn checkpoint_covering(
+        &self,
+        log_id: &str,
+        min_size: u64,
+    ) -> Result<Option<SignedCheckpoint>, StoreError> {
+        self.with_reader(|conn| {
+            Ok(conn
+                .prepare_cached(&format!(
+                    "SELECT {CHECKPOINT_COLUMNS} FROM log.checkpoints WHERE log_id = ?1 AND tree_size >= ?2
+                     ORDER BY tree_size LIMIT 1"
+                ))?
+                .query_row(
+                    params![log_id, i64::try_from(min_size).unwrap_or(i64::MAX)],
+                    row_to_checkpoint,
+                )
+                .optional()?)
+        })
+    }
+
+    fn list_checkpoints(
+        &self,
+        log_id: &str,
+        after_size: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<SignedCheckpoint>, StoreError> {
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {CHECKPOINT_COLUMNS} FROM log.checkpoints WHERE log_id = ?1 AND tree_size > ?2
+                 ORDER BY tree_size LIMIT ?3"
+            ))?;
+            let after = after_size.map_or(-1, |s| i64::try_from(s).unwrap_or(i64::MAX));
+            let rows = stmt.query_map(
+                params![log_id, after, i64::try_from(limit).unwrap_or(i64::MAX)],
+                row_to_checkpoint,
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn log_ids(&self) -> Result<Vec<String>, StoreError> {
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT DISTINCT log_id FROM log.events
+                 UNION SELECT DISTINCT log_id FROM log.checkpoints ORDER BY 1",
+            )?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn insert_checkpoint_key(&self, key: &CheckpointKeyRecord) -> Result<(), StoreError> {
+        let conn = self.writer.lock();
+        conn.execute(
+            "INSERT OR IGNORE INTO checkpoint_keys (key_id, name, public_key, created_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![key.key_id, key.name, &key.public_key[..], key.created_at],
+        )?;
+        Ok(())
+    }
+
+    fn checkpoint_keys(&self) -> Result<Vec<CheckpointKeyRecord>, StoreError> {
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT key_id, name, public_key, created_at FROM log.checkpoint_keys ORDER BY created_at, key_id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (key_id, name, public_key, created_at) = row?;
+                out.push(CheckpointKeyRecord {
+                    key_id,
+                    name,
+                    public_key: hash32(public_key, "checkpoint public key")?,
+                    created_at,
+                });
+            }
+            Ok(out)
+        })
     }
 
     fn meta_get(&self, key: &str) -> Result<Option<String>, StoreError> {

@@ -100,7 +100,7 @@ impl Chain {
     fn batch(&mut self, events: impl IntoIterator<Item = Value>) -> AppendBatch {
         AppendBatch {
             events: events.into_iter().map(|e| self.seal(e)).collect(),
-            idempotency: Vec::new(),
+            ..AppendBatch::default()
         }
     }
 }
@@ -211,6 +211,7 @@ fn append_log_heads_scan_and_get() {
             org.seal(ev(11, &ts(11), "bob")),
         ],
         idempotency: Vec::new(),
+        ..AppendBatch::default()
     };
     store.append(&second).expect("append 2");
     // An empty batch is a no-op.
@@ -632,6 +633,7 @@ fn idempotent_receipts_window_and_expiry() {
                 receipt: "{\"r\":\"solo\"}".into(),
                 created_micros: 9_000,
             }],
+            ..AppendBatch::default()
         })
         .expect("append receipts only");
 

@@ -3,9 +3,10 @@
 use anyhow::Context;
 use std::process::ExitCode;
 use std::sync::Arc;
+use vellum_core::checkpoint::CheckpointKey;
 use vellum_core::integrity::HmacKeyring;
-use vellum_core::verify::{ChainVerifier, LogReport};
 use vellum_server::ServerConfig;
+use vellum_server::verification::{VerifyOptions, verify_store};
 use vellum_store::AuditStore;
 use vellum_store::sqlite::{SqliteOptions, SqliteStore};
 
@@ -20,9 +21,11 @@ pub(crate) struct VerifyArgs {
     /// Skip HMAC checks (when the secret is not available); hashes and chain are still checked.
     #[arg(long)]
     no_signatures: bool,
+    /// Trust only this checkpoint public key (base64, or a signed-note verifier key); repeat
+    /// for rotated keys. Default: the keys the store publishes plus the data dir's own key.
+    #[arg(long, value_name = "KEY")]
+    public_key: Vec<String>,
 }
-
-const CHUNK: usize = 20_000;
 
 pub(crate) fn run(config: &ServerConfig, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let dir = &config.data_dir;
@@ -56,19 +59,42 @@ pub(crate) fn run(config: &ServerConfig, args: &VerifyArgs) -> anyhow::Result<Ex
         Some(HmacKeyring::single(secret)?)
     };
 
-    let mut logs: Vec<(String, u64)> = store
-        .log_heads()?
-        .into_iter()
-        .map(|h| (h.log_id, h.size))
-        .collect();
-    logs.sort();
-    if let Some(only) = &args.log {
-        logs.retain(|(id, _)| id == only);
-        if logs.is_empty() {
-            anyhow::bail!("no log {only:?} in the store");
+    // Checkpoint keys: pinned ones only, when given (a key inserted into the store by whoever
+    // altered it must not vouch for its own checkpoints); else the store's published keys and
+    // the data directory's own signing key.
+    let keys = if args.public_key.is_empty() {
+        let mut local = Vec::new();
+        let key_file = config
+            .checkpoint_key_file
+            .clone()
+            .unwrap_or_else(|| dir.join(vellum_server::bootstrap::CHECKPOINT_KEY_FILE));
+        if key_file.exists() {
+            let signer = vellum_server::bootstrap::load_or_create_checkpoint_signer(
+                dir,
+                Some(&key_file),
+                &config.checkpoint_key_name,
+                store.as_ref(),
+            )?;
+            local.push(signer.public());
         }
+        vellum_server::verification::known_keys(store.as_ref(), &local)?
+    } else {
+        args.public_key
+            .iter()
+            .map(|k| CheckpointKey::parse(k).with_context(|| format!("--public-key {k}")))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    if let Some(only) = &args.log
+        && !store.log_ids()?.contains(only)
+    {
+        anyhow::bail!("no log {only:?} in the store");
     }
-    let total: u64 = logs.iter().map(|(_, size)| size).sum();
+    let total: u64 = store
+        .log_heads()?
+        .iter()
+        .filter(|h| args.log.as_ref().is_none_or(|l| *l == h.log_id))
+        .map(|h| h.size)
+        .sum();
     let progress = if args.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         indicatif::ProgressBar::hidden()
     } else {
@@ -81,67 +107,49 @@ pub(crate) fn run(config: &ServerConfig, args: &VerifyArgs) -> anyhow::Result<Ex
         );
         bar
     };
-    let started = std::time::Instant::now();
-    let mut reports: Vec<LogReport> = Vec::new();
-    for (log_id, _) in &logs {
-        // With signatures enabled (the default), an unsigned event is a failure: otherwise
-        // anyone could append a forged, self-consistent event without the secret. A store
-        // written with AUDIT_ENABLE_SIGNATURES=false is verified with the same setting.
-        let mut verifier = ChainVerifier::new(log_id, keyring.as_ref())
-            .require_signatures(config.enable_signatures);
-        let mut from = 0u64;
-        loop {
-            let rows = store.scan_log(log_id, from, CHUNK)?;
-            let Some(last) = rows.last() else { break };
-            from = last.seq + 1;
-            for row in &rows {
-                verifier.check(row.seq, &row.canonical, &row.hash, row.signature.as_deref());
-            }
-            progress.inc(rows.len() as u64);
-            if rows.len() < CHUNK {
-                break;
-            }
-        }
-        reports.push(verifier.finish());
-    }
+    // With signatures enabled (the default), an unsigned event is a failure: otherwise anyone
+    // could append a forged, self-consistent event without the secret. A store written with
+    // AUDIT_ENABLE_SIGNATURES=false is verified with the same setting.
+    let options = VerifyOptions {
+        log_id: args.log.clone(),
+        require_signatures: config.enable_signatures,
+        from_seq: 0,
+    };
+    let report = verify_store(store.as_ref(), keyring.as_ref(), &keys, &options, |n| {
+        progress.inc(n)
+    })?;
     progress.finish_and_clear();
-    let elapsed = started.elapsed();
-    let ok = reports.iter().all(LogReport::ok);
+    let ok = report.ok;
     if args.json {
-        let out = serde_json::json!({
-            "ok": ok,
-            "signaturesChecked": keyring.is_some(),
-            "logs": reports,
-            "elapsedSeconds": elapsed.as_secs_f64(),
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        for report in &reports {
-            if report.ok() {
+        for log in &report.logs {
+            if log.ok() {
                 println!(
-                    "log {}: {} events verified, OK",
-                    report.log_id, report.events
+                    "log {}: {} events verified, Merkle root {}, {} signed checkpoints match, OK",
+                    log.log_id, log.events, log.merkle_root, log.checkpoints_matched
                 );
             } else {
                 println!(
                     "log {}: {} events checked, {} FAILURES",
-                    report.log_id,
-                    report.events,
-                    report.failures.len()
+                    log.log_id,
+                    log.events,
+                    log.failures.len()
                 );
-                for failure in &report.failures {
+                for failure in &log.failures {
                     println!("  FAIL {failure}");
                 }
             }
         }
-        let events: u64 = reports.iter().map(|r| r.events).sum();
-        let rate = events as f64 / elapsed.as_secs_f64().max(1e-9);
+        let rate = report.events as f64 / report.elapsed_seconds.max(1e-9);
         println!(
-            "{}: {events} events in {} logs, {:.2}s ({rate:.0} events/s){}",
+            "{}: {} events in {} logs, {} checkpoints, {:.2}s ({rate:.0} events/s){}",
             if ok { "OK" } else { "FAILED" },
-            reports.len(),
-            elapsed.as_secs_f64(),
-            if keyring.is_some() {
+            report.events,
+            report.logs.len(),
+            report.checkpoints_verified,
+            report.elapsed_seconds,
+            if report.signatures_checked {
                 ""
             } else {
                 ", signatures NOT checked"
