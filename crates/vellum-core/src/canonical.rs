@@ -20,12 +20,31 @@ pub const MAX_SAFE_INTEGER: u64 = 1 << 53;
 
 /// Compares two member names in RFC 8785 order: by UTF-16 code units.
 ///
-/// For two ASCII strings this is byte order (the common case, taken without re-encoding).
+/// Computed on the UTF-8 bytes without re-encoding: UTF-8 byte order is code point order, and
+/// code point order differs from UTF-16 order only between a supplementary character (4-byte
+/// UTF-8, a surrogate pair `D800..DFFF` in UTF-16) and a character in `U+E000..U+FFFF` (3-byte
+/// UTF-8 led by `EE` or `EF`), where UTF-16 puts the surrogate first. Equal prefixes end on the
+/// same character boundary in both strings, so the first differing bytes are either two lead
+/// bytes (where that exception is checked) or two continuation bytes of characters of the same
+/// length (where byte order is right). Member names are compared on every event (to order the
+/// members and to splice the server fields in), so this avoids scanning each name for ASCII
+/// first.
 pub fn cmp_member_names(a: &str, b: &str) -> Ordering {
-    if a.is_ascii() && b.is_ascii() {
-        a.as_bytes().cmp(b.as_bytes())
-    } else {
-        a.encode_utf16().cmp(b.encode_utf16())
+    let (x, y) = (a.as_bytes(), b.as_bytes());
+    match x.iter().zip(y).position(|(p, q)| p != q) {
+        None => x.len().cmp(&y.len()),
+        Some(i) => {
+            let (p, q) = (x[i], y[i]);
+            let supplementary = |b: u8| b >= 0xF0;
+            let high_bmp = |b: u8| b == 0xEE || b == 0xEF;
+            if supplementary(p) && high_bmp(q) {
+                Ordering::Less
+            } else if high_bmp(p) && supplementary(q) {
+                Ordering::Greater
+            } else {
+                p.cmp(&q)
+            }
+        }
     }
 }
 
@@ -503,8 +522,52 @@ mod tests {
         })
     }
 
+    /// Characters around every boundary the byte-level comparison cares about.
+    fn name_char() -> impl Strategy<Value = char> {
+        prop_oneof![
+            proptest::char::range('a', 'c'),
+            proptest::char::range('\u{7e}', '\u{81}'),
+            proptest::char::range('\u{7fe}', '\u{801}'),
+            proptest::char::range('\u{d7fe}', '\u{d7ff}'),
+            proptest::char::range('\u{e000}', '\u{e001}'),
+            proptest::char::range('\u{fffe}', '\u{ffff}'),
+            proptest::char::range('\u{10000}', '\u{10001}'),
+            proptest::char::range('\u{10fffe}', '\u{10ffff}'),
+            any::<char>(),
+        ]
+    }
+
+    #[test]
+    fn member_names_compare_by_utf16_code_units() {
+        let cases = [
+            ("", "", Ordering::Equal),
+            ("a", "", Ordering::Greater),
+            ("a", "ab", Ordering::Less),
+            ("\u{ffff}", "\u{10000}", Ordering::Greater),
+            ("\u{e000}", "\u{1f600}", Ordering::Greater),
+            ("\u{d7ff}", "\u{10000}", Ordering::Less),
+            ("x\u{fb33}", "x\u{1f600}", Ordering::Greater),
+            ("\u{1f600}", "\u{1f601}", Ordering::Less),
+        ];
+        for (a, b, expected) in cases {
+            assert_eq!(cmp_member_names(a, b), expected, "{a:?} {b:?}");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The byte-level comparison agrees with comparing UTF-16 code units.
+        #[test]
+        fn member_name_order_is_utf16_order(
+            a in proptest::collection::vec(name_char(), 0..4),
+            b in proptest::collection::vec(name_char(), 0..4),
+        ) {
+            let a: String = a.into_iter().collect();
+            let b: String = b.into_iter().collect();
+            prop_assert_eq!(cmp_member_names(&a, &b), a.encode_utf16().cmp(b.encode_utf16()));
+            prop_assert_eq!(cmp_member_names(&a, &a), Ordering::Equal);
+        }
 
         /// Our writer agrees with an independent RFC 8785 implementation.
         #[test]

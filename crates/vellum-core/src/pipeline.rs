@@ -94,16 +94,17 @@ impl Pipeline {
         let Value::Object(mut map) = event else {
             return Err(vec![FieldError::new("", "an event must be a JSON object")]);
         };
-        // Defaults are written straight into the canonical members, except for a field that a
-        // pointer rule names: that rule must see (and may redact) the default, so it goes
-        // into the map before redaction as it always did.
-        let mut direct: [Option<(&'static str, Cow<'static, str>)>; DEFAULTED_FIELDS] =
-            Default::default();
-        for (slot, (name, value)) in direct.iter_mut().zip(missing_defaults(&map, now)) {
-            if self.redactor.targets_member(name) {
+        // Defaults are written straight into the canonical members (no map insertion, no
+        // `Value` to build and drop), except for a field that a pointer rule names: that rule
+        // must see (and may redact) the default, so it goes into the map before redaction as
+        // it always did. So does a default that replaces a member of the wrong type.
+        let mut direct = missing_defaults(&map, now);
+        for entry in &mut direct {
+            let into_map = entry.as_ref().is_some_and(|(name, _)| {
+                self.redactor.targets_member(name) || map.contains_key(*name)
+            });
+            if into_map && let Some((name, value)) = entry.take() {
                 map.insert(name.to_owned(), Value::String(value.into_owned()));
-            } else {
-                *slot = Some((name, value));
             }
         }
         let redactions = self.redactor.redact(&mut map);
@@ -142,16 +143,15 @@ const DEFAULTED_FIELDS: usize = 5;
 /// The fields the server defaults (SPEC §2) that `map` lacks, with their values:
 /// `timestamp`, `dataClassification`, `severity`, `retentionPolicy`, `eventVersion`. Every
 /// value is derived from the client's fields only, never from another default (the retention
-/// policy follows the classification, defaulted or not).
+/// policy follows the classification, defaulted or not). A `dataClassification` that is not a
+/// string is defaulted too (validation refuses one, so this is only belt and braces).
 fn missing_defaults(
     map: &Map<String, Value>,
     now: OffsetDateTime,
-) -> impl Iterator<Item = (&'static str, Cow<'static, str>)> {
+) -> [Option<DefaultedField>; DEFAULTED_FIELDS] {
     let timestamp = (!map.contains_key("timestamp")).then(|| Cow::Owned(format_server_time(now)));
-    let given_classification = map.get("dataClassification");
-    let classification = given_classification
-        .and_then(Value::as_str)
-        .unwrap_or("INTERNAL");
+    let given_classification = map.get("dataClassification").and_then(Value::as_str);
+    let classification = given_classification.unwrap_or("INTERNAL");
     let default_classification = given_classification
         .is_none()
         .then_some(Cow::Borrowed("INTERNAL"));
@@ -169,15 +169,16 @@ fn missing_defaults(
         .then(|| Cow::Borrowed(default_retention_policy(classification)));
     let version = (!map.contains_key("eventVersion")).then_some(Cow::Borrowed(EVENT_VERSION));
     [
-        ("timestamp", timestamp),
-        ("dataClassification", default_classification),
-        ("severity", severity),
-        ("retentionPolicy", retention),
-        ("eventVersion", version),
+        timestamp.map(|v| ("timestamp", v)),
+        default_classification.map(|v| ("dataClassification", v)),
+        severity.map(|v| ("severity", v)),
+        retention.map(|v| ("retentionPolicy", v)),
+        version.map(|v| ("eventVersion", v)),
     ]
-    .into_iter()
-    .filter_map(|(name, value)| value.map(|v| (name, v)))
 }
+
+/// A defaulted field: its name and its (string) value.
+type DefaultedField = (&'static str, Cow<'static, str>);
 
 fn json_string(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);

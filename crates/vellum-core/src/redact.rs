@@ -148,6 +148,25 @@ struct Patterns {
 }
 
 impl Patterns {
+    /// The fewest ASCII digits a text must hold for some enabled pattern other than `email`
+    /// to match in it (`usize::MAX` when none is enabled): SSN 9, card 13, CPF 11, phone 8
+    /// (its digit-count check), MRN 1 (the id must hold a digit), IBAN 2 (its check digits).
+    /// Lets most short strings skip pattern scanning after one counting pass.
+    fn min_digits(&self) -> usize {
+        [
+            (self.ssn.is_some(), 9),
+            (self.card.is_some(), 13),
+            (self.cpf.is_some(), 11),
+            (self.phone.is_some(), 8),
+            (self.mrn.is_some(), 1),
+            (self.iban.is_some(), 2),
+        ]
+        .into_iter()
+        .filter_map(|(enabled, digits)| enabled.then_some(digits))
+        .min()
+        .unwrap_or(usize::MAX)
+    }
+
     fn any(&self) -> bool {
         self.ssn.is_some()
             || self.card.is_some()
@@ -174,6 +193,8 @@ pub struct Redactor {
     fields: HashMap<String, RedactionMode>,
     /// Longest normalized field name, in bytes.
     max_field_len: usize,
+    /// [`Patterns::min_digits`], computed once.
+    min_digits: usize,
     pointers: Vec<PointerTarget>,
     patterns: Patterns,
     /// HMAC keyed with the token key; cloned per token so the key schedule runs once.
@@ -275,10 +296,20 @@ impl Redactor {
         Ok(Self {
             fields,
             max_field_len,
+            min_digits: patterns.min_digits(),
             pointers,
             patterns,
             mac,
         })
+    }
+
+    /// Whether a pointer rule reaches into (or is) the top-level member `name`. The pipeline
+    /// asks before adding a server default without going through the event's map: such a
+    /// default must be in the map when [`Redactor::redact`] runs.
+    pub(crate) fn targets_member(&self, name: &str) -> bool {
+        self.pointers
+            .iter()
+            .any(|p| p.tokens.first().is_some_and(|t| t == name))
     }
 
     /// Redacts `event` in place and returns the sorted, deduplicated JSON pointers of the
@@ -430,9 +461,13 @@ impl Redactor {
         let mut mac = self.mac.clone();
         mac.update(text.as_bytes());
         let digest = mac.finalize().into_bytes();
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = String::with_capacity(TOKEN_PREFIX.len() + TOKEN_HEX_DIGITS);
         out.push_str(TOKEN_PREFIX);
-        out.push_str(&hex::encode(&digest[..TOKEN_HEX_DIGITS / 2]));
+        for &byte in &digest[..TOKEN_HEX_DIGITS / 2] {
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0x0F)]));
+        }
         out
     }
 
@@ -449,10 +484,12 @@ impl Redactor {
         if !self.patterns.any() {
             return false;
         }
-        let wants_at = self.patterns.email.is_some();
-        let candidate = text
-            .bytes()
-            .any(|b| b.is_ascii_digit() || (wants_at && b == b'@'));
+        // One branch-free counting pass (digits, and whether there is an `@` for emails)
+        // decides whether any pattern could match at all.
+        let (digits, has_at) = text.bytes().fold((0usize, false), |(digits, at), b| {
+            (digits + usize::from(b.is_ascii_digit()), at | (b == b'@'))
+        });
+        let candidate = digits >= self.min_digits || (has_at && self.patterns.email.is_some());
         if !candidate {
             return false;
         }

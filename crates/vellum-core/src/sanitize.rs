@@ -243,10 +243,25 @@ fn detect(text: &str, flags: u8, path: Option<&Path<'_>>, signals: &mut Vec<Secu
     }
 }
 
+/// Whether `haystack` contains `needle` (ASCII, starting with a lowercase letter) ignoring
+/// ASCII case. Runs on many strings of every event (`u` alone hints at `UNION`), so it looks
+/// for the first needle byte with a cheap OR-with-0x20 test and compares the rest only there.
 fn contains_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
+    if haystack.len() < needle.len() {
+        return false;
+    }
+    // For a lowercase letter `first`, `b | 0x20 == first` holds exactly for `first` and its
+    // uppercase form (the bytes that differ from it only in bit 0x20).
+    debug_assert!(first.is_ascii_lowercase());
+    let last_start = haystack.len() - needle.len();
+    haystack[..=last_start]
+        .iter()
+        .enumerate()
+        .filter(|&(_, &b)| b | 0x20 == first)
+        .any(|(i, _)| haystack[i + 1..i + needle.len()].eq_ignore_ascii_case(rest))
 }
 
 #[cfg(test)]

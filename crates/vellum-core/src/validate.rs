@@ -6,7 +6,7 @@
 //!
 //! The checks:
 //! - the event is a JSON object no larger than `maxEventBytes`;
-//! - no server-owned field ([`SERVER_FIELDS`]) is present;
+//! - no server-owned field ([`SERVER_FIELDS`](crate::model::SERVER_FIELDS)) is present;
 //! - required fields (global, per classification, per action prefix) are present and non-null;
 //! - every typed field of SPEC §2 has its documented type and value set (a `null` typed field is
 //!   a type error: "absent" and "null" must not mean two things downstream);
@@ -18,8 +18,7 @@ use crate::FieldError;
 use crate::config::ValidationConfig;
 use crate::error::child_pointer;
 use crate::model::{
-    DataClassification, PRINCIPAL_TYPES, SERVER_FIELDS, Severity, Status, is_server_field,
-    is_typed_field,
+    DataClassification, PRINCIPAL_TYPES, Severity, Status, is_server_field, is_typed_field,
 };
 use serde_json::{Map, Value};
 use std::net::IpAddr;
@@ -693,6 +692,7 @@ impl<'a> Path<'a> {
 mod tests {
     use super::*;
     use crate::config::{ActionRule, ClassificationRule};
+    use crate::model::SERVER_FIELDS;
     use serde_json::json;
 
     fn check(event: &Value) -> Vec<FieldError> {

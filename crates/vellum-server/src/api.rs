@@ -514,7 +514,7 @@ pub fn parse_search(params: &BTreeMap<String, String>) -> Result<SearchQuery, Ap
 }
 
 /// Scopes a query to the caller's organization: an org-bound key never sees another's events.
-fn scope_query(principal: &Principal, query: &mut SearchQuery) -> Result<(), ApiError> {
+pub(crate) fn scope_query(principal: &Principal, query: &mut SearchQuery) -> Result<(), ApiError> {
     if let Some(org) = &principal.organization_id {
         match &query.organization_id {
             Some(asked) if asked != org => {

@@ -3,6 +3,8 @@
 //! Both are written with mode 0600 and never logged; the log says only where they are.
 
 use crate::auth::{generate_key, new_key_id};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use vellum_store::{ApiKeyRecord, AuditStore, StoreError};
@@ -128,6 +130,25 @@ pub fn ensure_admin_key(
     Ok(Some(path))
 }
 
+/// Reads a checkpoint key file (base64 of a 32-byte Ed25519 seed).
+pub fn read_checkpoint_seed(path: &Path) -> Result<Zeroizing<[u8; 32]>, BootstrapError> {
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| BootstrapError::Io {
+        path: path.to_owned(),
+        source,
+    })?);
+    let raw = Zeroizing::new(
+        B64.decode(bytes.trim_ascii())
+            .map_err(|_| BootstrapError::Invalid(format!("{} is not base64", path.display())))?,
+    );
+    let seed: [u8; 32] = raw.as_slice().try_into().map_err(|_| {
+        BootstrapError::Invalid(format!(
+            "{} must hold a base64 32-byte Ed25519 seed",
+            path.display()
+        ))
+    })?;
+    Ok(Zeroizing::new(seed))
+}
+
 /// Loads the checkpoint signing key from `configured` or `<data-dir>/checkpoint.key`, creating
 /// the latter on first start (base64 of a random 32-byte Ed25519 seed, mode 0600), and records
 /// its public key in the store so `GET /v1/keys` keeps publishing it after a rotation.
@@ -137,24 +158,12 @@ pub fn load_or_create_checkpoint_signer(
     name: &str,
     store: &dyn AuditStore,
 ) -> Result<vellum_core::checkpoint::CheckpointSigner, BootstrapError> {
-    use base64::Engine;
-    use base64::engine::general_purpose::STANDARD as B64;
     let path = configured.map_or_else(|| data_dir.join(CHECKPOINT_KEY_FILE), Path::to_path_buf);
-    let seed: Zeroizing<[u8; 32]> = match std::fs::read(&path) {
-        Ok(bytes) => {
-            let bytes = Zeroizing::new(bytes);
-            let raw = Zeroizing::new(B64.decode(bytes.trim_ascii()).map_err(|_| {
-                BootstrapError::Invalid(format!("{} is not base64", path.display()))
-            })?);
-            let seed: [u8; 32] = raw.as_slice().try_into().map_err(|_| {
-                BootstrapError::Invalid(format!(
-                    "{} must hold a base64 32-byte Ed25519 seed",
-                    path.display()
-                ))
-            })?;
-            Zeroizing::new(seed)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && configured.is_none() => {
+    let seed = match read_checkpoint_seed(&path) {
+        Ok(seed) => seed,
+        Err(BootstrapError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound && configured.is_none() =>
+        {
             let mut seed = Zeroizing::new([0u8; 32]);
             getrandom::fill(seed.as_mut()).map_err(|e| BootstrapError::Random(e.to_string()))?;
             let mut text = Zeroizing::new(B64.encode(seed.as_ref()).into_bytes());
@@ -163,7 +172,7 @@ pub fn load_or_create_checkpoint_signer(
             tracing::warn!(path = %path.display(), "created the Ed25519 checkpoint signing key; back it up");
             seed
         }
-        Err(source) => return Err(BootstrapError::Io { path, source }),
+        Err(e) => return Err(e),
     };
     let signer = vellum_core::checkpoint::CheckpointSigner::from_seed(name, &seed)
         .map_err(|e| BootstrapError::Invalid(e.to_string()))?;

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod config;
 pub mod error;
+pub mod export;
 pub mod ingest;
 pub mod proofs;
 pub mod telemetry;
@@ -99,7 +100,8 @@ pub enum ServerError {
         proofs::post_checkpoint,
         proofs::get_proof,
         proofs::get_consistency,
-        proofs::post_verify
+        proofs::post_verify,
+        export::get_export
     ),
     components(schemas(
         ingest::Receipt, api::BatchReceipt, api::AcceptedEntry, api::RejectedEntry,
@@ -175,6 +177,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/logs/{logId}/consistency", get(proofs::get_consistency))
         .route("/v1/verify", axum::routing::post(proofs::post_verify))
+        .route("/v1/export", get(export::get_export))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics_text))

@@ -2,6 +2,7 @@
 //! and calls into the library crates.
 
 mod bench;
+mod export;
 mod query;
 mod settings;
 mod verify;
@@ -38,6 +39,10 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Search events through a running server.
     Query(query::QueryArgs),
+    /// Export events through a running server (`--bundle FILE`: verifiable offline).
+    Export(export::ExportArgs),
+    /// Check an export bundle offline: no server, no secret, no network.
+    VerifyBundle(export::VerifyBundleArgs),
     /// Load-test a running server with realistic synthetic events.
     Bench(bench::BenchArgs),
 }
@@ -93,6 +98,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = settings::load(&overrides)?;
             query::run(&config, &args)
         }
+        Command::Export(args) => {
+            let config = settings::load(&overrides)?;
+            export::export(&config, &args)
+        }
+        Command::VerifyBundle(args) => export::verify_bundle(&args),
         Command::Bench(args) => {
             let config = settings::load(&overrides)?;
             bench::run(&config, &args)

@@ -69,11 +69,10 @@ pub(crate) fn run(config: &ServerConfig, args: &VerifyArgs) -> anyhow::Result<Ex
             .clone()
             .unwrap_or_else(|| dir.join(vellum_server::bootstrap::CHECKPOINT_KEY_FILE));
         if key_file.exists() {
-            let signer = vellum_server::bootstrap::load_or_create_checkpoint_signer(
-                dir,
-                Some(&key_file),
+            let seed = vellum_server::bootstrap::read_checkpoint_seed(&key_file)?;
+            let signer = vellum_core::checkpoint::CheckpointSigner::from_seed(
                 &config.checkpoint_key_name,
-                store.as_ref(),
+                &seed,
             )?;
             local.push(signer.public());
         }
