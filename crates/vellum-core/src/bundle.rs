@@ -396,6 +396,7 @@ impl BundleVerifier {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::checkpoint::CheckpointSigner;

@@ -328,7 +328,16 @@ impl CanonicalMembers {
     /// The canonical object made of these members plus `extra` members (`(name, canonical
     /// value text)`). `extra` names must not already be present; they need not be sorted.
     pub fn join_with(&self, extra: &mut [(&str, String)]) -> String {
-        extra.sort_by(|a, b| cmp_member_names(a.0, b.0));
+        let mut borrowed: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.join_with_str(&mut borrowed)
+    }
+
+    /// [`CanonicalMembers::join_with`] for borrowed value texts, so the writer can build all
+    /// of an event's server fields in one buffer.
+    pub(crate) fn join_with_str(&self, extra: &mut [(&str, &str)]) -> String {
+        if !extra.is_sorted_by(|a, b| cmp_member_names(a.0, b.0) != Ordering::Greater) {
+            extra.sort_by(|a, b| cmp_member_names(a.0, b.0));
+        }
         let extra_len: usize = extra.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
         let mut out = String::with_capacity(self.text_len() + self.members.len() + extra_len + 2);
         out.push('{');

@@ -406,6 +406,7 @@ impl SignedCheckpoint {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

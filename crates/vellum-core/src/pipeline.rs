@@ -6,7 +6,7 @@
 use crate::FieldError;
 use crate::canonical::{CanonicalMembers, MembersBuilder, write_string};
 use crate::config::ValidationConfig;
-use crate::integrity::{HmacKeyring, event_hash, to_hex};
+use crate::integrity::{HmacKeyring, event_hash};
 use crate::model::{EVENT_VERSION, Severity, default_retention_policy};
 use crate::redact::Redactor;
 use crate::sanitize::{SecuritySignal, sanitize};
@@ -180,29 +180,52 @@ fn missing_defaults(
 /// A defaulted field: its name and its (string) value.
 type DefaultedField = (&'static str, Cow<'static, str>);
 
-fn json_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    write_string(&mut out, text);
-    out
-}
-
 /// Adds the sequencing fields to a prepared event, then hashes and (when a keyring is given)
-/// signs the canonical text. This is the only step that must run in sequence order.
+/// signs the canonical text. This is the only step that must run in sequence order, so the
+/// server fields' canonical values are written into one buffer rather than one string each.
 pub fn seal(
     prepared: &PreparedEvent,
     sequencing: &Sequencing<'_>,
     keyring: Option<&HmacKeyring>,
 ) -> SealedEvent {
-    let mut extra: Vec<(&str, String)> = Vec::with_capacity(6);
-    extra.push(("id", json_string(sequencing.id)));
-    extra.push(("logId", json_string(sequencing.log_id)));
-    extra.push(("seq", itoa::Buffer::new().format(sequencing.seq).to_owned()));
-    extra.push(("receivedAt", json_string(sequencing.received_at)));
-    extra.push(("prevHash", json_string(&to_hex(sequencing.prev_hash))));
-    if let Some(ring) = keyring {
-        extra.push(("keyId", json_string(ring.active_key_id())));
+    let key_id = keyring.map(HmacKeyring::active_key_id);
+    let mut values = String::with_capacity(
+        sequencing.id.len()
+            + sequencing.log_id.len()
+            + sequencing.received_at.len()
+            + key_id.map_or(0, str::len)
+            + 64
+            + 20
+            + 16,
+    );
+    let id = push_range(&mut values, |out| write_string(out, sequencing.id));
+    let key_id_range = key_id.map(|k| push_range(&mut values, |out| write_string(out, k)));
+    let log_id = push_range(&mut values, |out| write_string(out, sequencing.log_id));
+    let prev_hash = push_range(&mut values, |out| {
+        out.push('"');
+        push_hex(out, sequencing.prev_hash);
+        out.push('"');
+    });
+    let received_at = push_range(&mut values, |out| write_string(out, sequencing.received_at));
+    let seq = push_range(&mut values, |out| {
+        out.push_str(itoa::Buffer::new().format(sequencing.seq));
+    });
+    // Pushed in RFC 8785 order, so joining needs no sort.
+    let mut extra: [(&str, &str); 6] = [("", ""); 6];
+    let mut n = 0;
+    let mut add = |name: &'static str, range: std::ops::Range<usize>| {
+        extra[n] = (name, &values[range]);
+        n += 1;
+    };
+    add("id", id);
+    if let Some(range) = key_id_range {
+        add("keyId", range);
     }
-    let canonical = prepared.members.join_with(&mut extra);
+    add("logId", log_id);
+    add("prevHash", prev_hash);
+    add("receivedAt", received_at);
+    add("seq", seq);
+    let canonical = prepared.members.join_with_str(&mut extra[..n]);
     let hash = event_hash(&canonical);
     let signature = keyring.map(|ring| {
         (
@@ -217,6 +240,23 @@ pub fn seal(
     }
 }
 
+/// Appends what `write` writes to `values` and returns where it is.
+fn push_range(values: &mut String, write: impl FnOnce(&mut String)) -> std::ops::Range<usize> {
+    let start = values.len();
+    write(values);
+    start..values.len()
+}
+
+/// Appends the lowercase hex of `bytes` (what [`crate::integrity::to_hex`] returns, without
+/// the allocation).
+fn push_hex(out: &mut String, bytes: &[u8; 32]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0F)]));
+    }
+}
+
 /// Formats the current time as the server writes it.
 pub fn server_now() -> (OffsetDateTime, String) {
     let now = OffsetDateTime::now_utc();
@@ -228,7 +268,7 @@ mod tests {
     use super::*;
     use crate::canonical::to_canonical_string;
     use crate::config::RedactionConfig;
-    use crate::integrity::{DEFAULT_KEY_ID, GENESIS_PREV_HASH};
+    use crate::integrity::{DEFAULT_KEY_ID, GENESIS_PREV_HASH, to_hex};
     use serde_json::json;
     use zeroize::Zeroizing;
 

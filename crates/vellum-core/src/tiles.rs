@@ -58,7 +58,7 @@ impl Tile {
     /// Parses the stored form; `None` when the length is not a positive multiple of 32 up to a
     /// full tile (a damaged row).
     pub fn hashes_from_bytes(bytes: &[u8]) -> Option<Vec<Hash>> {
-        if bytes.is_empty() || bytes.len() % 32 != 0 || bytes.len() > TILE_WIDTH * 32 {
+        if bytes.is_empty() || !bytes.len().is_multiple_of(32) || bytes.len() > TILE_WIDTH * 32 {
             return None;
         }
         Some(
@@ -377,6 +377,7 @@ impl<E, F: FnMut(TileKey) -> Result<Option<Vec<Hash>>, E>> NodeSource for TileSo
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::merkle::{

@@ -16,7 +16,7 @@
 
 use crate::FieldError;
 use crate::config::ValidationConfig;
-use crate::error::child_pointer;
+use crate::error::{child_pointer, escape_pointer_token};
 use crate::model::{
     DataClassification, PRINCIPAL_TYPES, Severity, Status, is_server_field, is_typed_field,
 };
@@ -674,14 +674,20 @@ impl<'a> Path<'a> {
             segs.push(n.seg);
             node = n.parent;
         }
-        let mut out = String::new();
+        // One buffer for the whole pointer (no intermediate string per segment).
+        let len: usize = segs
+            .iter()
+            .map(|seg| match seg {
+                Seg::Key(k) => k.len() + 1,
+                Seg::Index(_) => 8,
+            })
+            .sum();
+        let mut out = String::with_capacity(len);
         for seg in segs.iter().rev() {
+            out.push('/');
             match seg {
-                Seg::Key(k) => out = child_pointer(&out, k),
-                Seg::Index(i) => {
-                    out.push('/');
-                    out.push_str(&i.to_string());
-                }
+                Seg::Key(k) => out.push_str(&escape_pointer_token(k)),
+                Seg::Index(i) => out.push_str(itoa::Buffer::new().format(*i)),
             }
         }
         out

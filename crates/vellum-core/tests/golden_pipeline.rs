@@ -168,7 +168,7 @@ fn render() -> String {
                     }
                 }
                 Ok(prepared) => {
-                    let signed = seq % 2 == 0;
+                    let signed = seq.is_multiple_of(2);
                     let sealed = seal(
                         &prepared,
                         &Sequencing {
