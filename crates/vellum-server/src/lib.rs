@@ -227,6 +227,7 @@ impl RunningServer {
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let config = Arc::new(config);
     let data_dir = config.data_dir.clone();
+    let lock = lock_data_dir(&data_dir)?;
     let sqlite = {
         let dir = data_dir.clone();
         let options = SqliteOptions {
@@ -308,6 +309,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             context: "draining the writer".into(),
             source: std::io::Error::other(e.to_string()),
         })?;
+        drop(lock);
         tracing::info!("vellum stopped cleanly");
         served.map_err(|source| ServerError::Io {
             context: "serving".into(),
@@ -320,6 +322,42 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         stop: Some(stop_tx),
         task,
     })
+}
+
+/// File whose exclusive lock marks the one server writing a data directory.
+pub const LOCK_FILE: &str = "vellum.lock";
+
+/// Takes the data directory's exclusive lock, so that a second server on the same directory
+/// fails at start instead of becoming a second writer (invariant: one writer per log). The lock
+/// is released by the OS when the process dies, so a crash never leaves it stale.
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, ServerError> {
+    let io = |context: String| move |source| ServerError::Io { context, source };
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(data_dir)
+        .map_err(io(format!("creating {}", data_dir.display())))?;
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(format!("opening {}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ServerError::Io {
+            context: format!(
+                "another Vellum server is already using {} (lock {})",
+                data_dir.display(),
+                path.display()
+            ),
+            source: std::io::Error::from(std::io::ErrorKind::WouldBlock),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(format!("locking {}", path.display()))(e)),
+    }
 }
 
 /// Background upkeep: expire idempotency receipts older than the window.

@@ -352,3 +352,34 @@ fn bench_sends_exactly_the_requested_events() {
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(report["logs"][0]["events"], 2000, "{report}");
 }
+
+/// One writer per log: a second server on the same data directory refuses to start (it would
+/// otherwise race the first one's writer), and the first keeps serving.
+#[test]
+fn a_second_server_on_the_same_data_dir_refuses_to_start() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let first = Server::start(&data);
+    let addr = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let mut cmd = common::vellum(tmp.path());
+    cmd.env("AUDIT_CRYPTO_SECRET", common::SECRET)
+        .args(["serve", "--data-dir"])
+        .arg(&data)
+        .args(["--listen", &addr.to_string()]);
+    match Server::spawn(cmd, addr, &data, &tmp.path().join("second.log")) {
+        Err(StartError::Exited(status, stderr)) => {
+            assert!(!status.success());
+            assert!(
+                stderr.contains("another Vellum server is already using"),
+                "unclear message: {stderr}"
+            );
+        }
+        Err(other) => panic!("second server failed oddly: {other:?}"),
+        Ok(_) => panic!("a second server started on the same data directory"),
+    }
+    assert_eq!(common::http_status(first.addr, "/healthz"), Some(200));
+    // The lock dies with the process: after a clean stop, a new server starts.
+    assert!(first.terminate().success());
+    let again = Server::start(&data);
+    assert_eq!(common::http_status(again.addr, "/healthz"), Some(200));
+}
