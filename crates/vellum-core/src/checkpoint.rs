@@ -137,27 +137,40 @@ impl CheckpointKey {
     pub fn parse(text: &str) -> Result<Self, CheckpointError> {
         let text = text.trim();
         let bad = |why: &str| CheckpointError::Malformed(format!("public key: {why}"));
-        let parts: Vec<&str> = text.split('+').collect();
-        if let [name, id_hex, key_b64] = parts.as_slice() {
-            // `+` is also a base64 character, so only a 3-part string with a hex id is a verifier key.
-            if id_hex.len() == 8 && id_hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                let raw = B64.decode(key_b64).map_err(|_| bad("not base64"))?;
-                let [alg, key @ ..] = raw.as_slice() else {
-                    return Err(bad("empty"));
-                };
-                if *alg != ED25519_ALGORITHM {
-                    return Err(bad("not an Ed25519 key"));
-                }
-                let public_key: [u8; 32] = key.try_into().map_err(|_| bad("not 32 bytes"))?;
-                let k = Self {
-                    name: (*name).to_owned(),
-                    public_key,
-                };
-                if !k.key_id_hex().eq_ignore_ascii_case(id_hex) {
-                    return Err(bad("key id does not match the key"));
-                }
-                return Ok(k);
+        // `+` is also a base64 character: a verifier key's base64 part often contains it
+        // (about half of all keys), so split at the first two `+` only, as Go's
+        // `note.NewVerifier` does. Names cannot contain `+` (see `CheckpointSigner::from_seed`).
+        // A bare base64 key never has an 8-hex-digit part between its first two `+`... except
+        // by a rare accident, so a bare key that decodes to 32 bytes wins over that reading.
+        if let Ok(raw) = B64.decode(text)
+            && let Ok(public_key) = <[u8; 32]>::try_from(raw.as_slice())
+        {
+            return Ok(Self {
+                name: DEFAULT_KEY_NAME.to_owned(),
+                public_key,
+            });
+        }
+        let parts: Vec<&str> = text.splitn(3, '+').collect();
+        if let [name, id_hex, key_b64] = parts.as_slice()
+            && id_hex.len() == 8
+            && id_hex.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            let raw = B64.decode(key_b64).map_err(|_| bad("not base64"))?;
+            let [alg, key @ ..] = raw.as_slice() else {
+                return Err(bad("empty"));
+            };
+            if *alg != ED25519_ALGORITHM {
+                return Err(bad("not an Ed25519 key"));
             }
+            let public_key: [u8; 32] = key.try_into().map_err(|_| bad("not 32 bytes"))?;
+            let k = Self {
+                name: (*name).to_owned(),
+                public_key,
+            };
+            if !k.key_id_hex().eq_ignore_ascii_case(id_hex) {
+                return Err(bad("key id does not match the key"));
+            }
+            return Ok(k);
         }
         let raw = B64.decode(text).map_err(|_| bad("not base64"))?;
         let public_key: [u8; 32] = raw.as_slice().try_into().map_err(|_| bad("not 32 bytes"))?;
@@ -470,6 +483,25 @@ mod tests {
     /// Go's example signer key (`PRIVATE+KEY+PeterNeumann+c74f20a3+<base64(0x01 || seed)>`)
     /// reproduces Go's signature line byte for byte: Ed25519 is deterministic, so this pins our
     /// key id and signature encoding to the reference implementation.
+    #[test]
+    fn verifier_keys_with_plus_in_their_base64_parse() {
+        // Half of all keys have a `+` in the base64 part of their verifier key.
+        let mut with_plus = 0;
+        for seed in 0u8..64 {
+            let k = CheckpointSigner::from_seed("vellum", &[seed; 32])
+                .unwrap()
+                .public();
+            let vkey = k.verifier_key();
+            if vkey.matches('+').count() > 2 {
+                with_plus += 1;
+            }
+            assert_eq!(CheckpointKey::parse(&vkey).unwrap(), k, "{vkey}");
+            let bare = CheckpointKey::parse(&k.public_key_base64()).unwrap();
+            assert_eq!(bare.public_key, k.public_key);
+        }
+        assert!(with_plus > 0, "no seed exercised a `+` in the key");
+    }
+
     #[test]
     fn go_sumdb_signer_known_answer() {
         let raw = B64

@@ -331,6 +331,77 @@ pub fn verify_consistency(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Verifiers over wire bytes (opaque roots), as the reference Go verifier takes them.
+// ---------------------------------------------------------------------------------------------
+
+/// Converts every proof item with [`hash_from_slice`].
+fn hashes_from_slices(proof: &[&[u8]]) -> Result<Vec<Hash>, ProofError> {
+    proof.iter().map(|p| hash_from_slice(p)).collect()
+}
+
+/// [`verify_inclusion`] over wire bytes, with the semantics of the reference Go verifier
+/// (transparency-dev/merkle `proof.VerifyInclusion`): the leaf and every proof item must be
+/// 32-byte hashes ([`ProofError::BadHashLength`] otherwise); the computed root is compared with
+/// `root` as bytes, so a root of any other length is simply a [`ProofError::RootMismatch`].
+pub fn verify_inclusion_bytes(
+    leaf_index: u64,
+    tree_size: u64,
+    leaf_hash: &[u8],
+    proof: &[&[u8]],
+    root: &[u8],
+) -> Result<(), ProofError> {
+    // Index and length first, as the typed verifier orders its checks.
+    inclusion_proof_len(leaf_index, tree_size)?;
+    let leaf = hash_from_slice(leaf_hash)?;
+    let proof = hashes_from_slices(proof)?;
+    let computed = root_from_inclusion_proof(leaf_index, tree_size, &leaf, &proof)?;
+    if computed[..] != *root {
+        return Err(ProofError::RootMismatch);
+    }
+    Ok(())
+}
+
+/// [`verify_consistency`] over wire bytes, with the semantics of the reference Go verifier
+/// (transparency-dev/merkle `proof.VerifyConsistency`) for every case Vellum accepts:
+///
+/// * `size1 == size2`: the proof must be empty and the roots are compared **as opaque bytes**
+///   (nothing is hashed, so nothing requires them to be 32 bytes; the RFC 9162 vector
+///   `sizes-are-equal-one-and-proof-is-empty` uses 12-byte roots). For size 0 the root must
+///   moreover be the empty tree's root, the only root a tree of size 0 has.
+/// * `size1 == 0 < size2`: refused ([`ProofError::EmptyFirstTree`]), as the typed verifier does
+///   (Go accepts it with an empty proof; the vectors shipped with SPEC §4 require rejecting it).
+/// * otherwise: both roots and every proof item must be 32-byte hashes, then
+///   [`verify_consistency`].
+pub fn verify_consistency_bytes(
+    size1: u64,
+    size2: u64,
+    root1: &[u8],
+    root2: &[u8],
+    proof: &[&[u8]],
+) -> Result<(), ProofError> {
+    let expected = consistency_proof_len(size1, size2)?;
+    if proof.len() != expected {
+        return Err(ProofError::WrongProofLength {
+            expected,
+            got: proof.len(),
+        });
+    }
+    if size1 == size2 {
+        if size1 == 0 && *root1 != empty_root()[..] {
+            return Err(ProofError::OldRootMismatch);
+        }
+        if root1 != root2 {
+            return Err(ProofError::RootMismatch);
+        }
+        return Ok(());
+    }
+    let root1 = hash_from_slice(root1)?;
+    let root2 = hash_from_slice(root2)?;
+    let proof = hashes_from_slices(proof)?;
+    verify_consistency(size1, size2, &root1, &root2, &proof)
+}
+
+// ---------------------------------------------------------------------------------------------
 // Reference definitions over an in-memory slice (RFC 9162 §2.1.1, §2.1.3.1, §2.1.4.1).
 // ---------------------------------------------------------------------------------------------
 

@@ -107,7 +107,7 @@ pub enum Failure {
     /// A signed checkpoint covers more events than the log holds: the tail was truncated.
     #[serde(rename_all = "camelCase")]
     Truncated {
-        /// Events the log holds (first missing position).
+        /// Positions the log holds (last stored `seq` + 1, the first missing position).
         log_size: u64,
         /// Events the checkpoint covers.
         tree_size: u64,
@@ -124,7 +124,7 @@ pub enum Failure {
     /// events.
     #[serde(rename_all = "camelCase")]
     TileMismatch {
-        /// First leaf the tile covers.
+        /// First leaf under the first hash of the tile that differs.
         seq: u64,
         /// Tile level.
         level: u8,
@@ -306,7 +306,7 @@ impl<'k> ChainVerifier<'k> {
         mut self,
         mut checkpoints: Vec<crate::checkpoint::CheckpointBody>,
     ) -> Self {
-        checkpoints.sort_by(|a, b| b.tree_size.cmp(&a.tree_size));
+        checkpoints.sort_by_key(|c| std::cmp::Reverse(c.tree_size));
         checkpoints.dedup_by_key(|c| c.tree_size);
         self.checkpoints = checkpoints;
         self.compare_checkpoints();
@@ -462,11 +462,28 @@ impl<'k> ChainVerifier<'k> {
 
     /// The result.
     pub fn finish(mut self) -> LogReport {
-        // Checkpoints beyond the stored events: the log was cut short.
-        if let Some(largest) = self.checkpoints.first() {
+        // Checkpoints the rebuilt tree never reached (largest first). Only those beyond the
+        // last stored position mean a cut tail. The others cover positions that exist but miss
+        // events in the middle (already reported as `Missing`): the stored events are fewer
+        // than the checkpoint covers, so they cannot reproduce its root. Calling those
+        // "truncated" would send an auditor to the wrong end of the log.
+        let mut truncated = None;
+        for cp in std::mem::take(&mut self.checkpoints) {
+            if cp.tree_size > self.next_seq {
+                truncated.get_or_insert(cp.tree_size);
+            } else {
+                self.failures.push(Failure::CheckpointMismatch {
+                    from_seq: self.last_good_checkpoint,
+                    tree_size: cp.tree_size,
+                    signed_root: to_hex(&cp.root_hash),
+                    computed_root: to_hex(&self.tree.root()),
+                });
+            }
+        }
+        if let Some(tree_size) = truncated {
             self.failures.push(Failure::Truncated {
-                log_size: self.tree.size(),
-                tree_size: largest.tree_size,
+                log_size: self.next_seq,
+                tree_size,
             });
         }
         LogReport {
@@ -691,6 +708,83 @@ mod tests {
             v.check(r.seq, &r.canonical, &r.hash, r.signature.as_deref());
         }
         assert!(v.finish().ok());
+    }
+
+    /// Signed-root checkpoints of `rows` at `sizes`.
+    fn checkpoints(rows: &[Row], sizes: &[u64]) -> Vec<crate::checkpoint::CheckpointBody> {
+        let leaves: Vec<_> = rows
+            .iter()
+            .map(|r| crate::merkle::leaf_hash(&r.hash.clone().try_into().expect("32 bytes")))
+            .collect();
+        sizes
+            .iter()
+            .map(|&n| crate::checkpoint::CheckpointBody {
+                log_id: "default".into(),
+                tree_size: n,
+                root_hash: crate::merkle::mth(&leaves[..n as usize]),
+            })
+            .collect()
+    }
+
+    fn run_with_checkpoints(rows: &[Row], ring: &HmacKeyring, sizes: &[u64]) -> LogReport {
+        let all = log(10, ring);
+        let mut v =
+            ChainVerifier::new("default", Some(ring)).with_checkpoints(checkpoints(&all, sizes));
+        for r in rows {
+            v.check(r.seq, &r.canonical, &r.hash, r.signature.as_deref());
+        }
+        v.finish()
+    }
+
+    #[test]
+    fn checkpoints_match_an_intact_log() {
+        let ring = ring();
+        let report = run_with_checkpoints(&log(10, &ring), &ring, &[1, 4, 10]);
+        assert!(report.ok(), "{:?}", report.failures);
+        assert_eq!(report.checkpoints_matched, 3);
+    }
+
+    #[test]
+    fn cut_tail_is_truncated_but_a_middle_gap_is_not() {
+        let ring = ring();
+        let rows = log(10, &ring);
+        // The last three events deleted: the largest checkpoint beyond the log names the cut.
+        let report = run_with_checkpoints(&rows[..7], &ring, &[4, 8, 10]);
+        assert_eq!(
+            report.failures,
+            vec![Failure::Truncated {
+                log_size: 7,
+                tree_size: 10
+            }]
+        );
+        assert_eq!(report.checkpoints_matched, 1);
+        // Seq 5 deleted: missing, and both later checkpoints broken from the last good one
+        // (4); the tail (seq 9) is there, so nothing is "truncated".
+        let mut gap: Vec<Row> = log(10, &ring);
+        gap.remove(5);
+        let report = run_with_checkpoints(&gap, &ring, &[4, 8, 10]);
+        let kinds: Vec<(u64, &str)> = report
+            .failures
+            .iter()
+            .map(|f| {
+                let kind = match f {
+                    Failure::Missing { .. } => "missing",
+                    Failure::CheckpointMismatch { from_seq: 4, .. } => "checkpointMismatch",
+                    _ => "other",
+                };
+                (f.seq(), kind)
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (5, "missing"),
+                (4, "checkpointMismatch"),
+                (4, "checkpointMismatch")
+            ],
+            "{:?}",
+            report.failures
+        );
     }
 
     #[test]

@@ -108,15 +108,18 @@ fn require_log_access(principal: &Principal, log_id: &str) -> Result<(), ApiErro
     }
 }
 
-fn tree_error(e: TreeError<TileSourceError<StoreError>>) -> ApiError {
+/// Maps a proof-generation error to a response; `size_param` is the query parameter that
+/// names the (larger) tree size, so a 400 says which one is wrong in `error.details` as SPEC §5
+/// requires (`treeSize` for inclusion, `to` for consistency).
+fn tree_error(e: TreeError<TileSourceError<StoreError>>, size_param: &str) -> ApiError {
     match e {
-        TreeError::Request(e) => ApiError::bad_request("treeSize", e.to_string()),
+        TreeError::Request(e) => ApiError::bad_request(size_param, e.to_string()),
         TreeError::Source(TileSourceError::Read(e)) => ApiError::from(e),
-        TreeError::Source(e @ TileSourceError::Missing { .. }) => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("the tree is not that large yet ({e})"),
-        ),
+        // Tiles only hold the tree as far as the log goes: a missing node means the size asked
+        // for is larger than the log.
+        TreeError::Source(e @ TileSourceError::Missing { .. }) => {
+            ApiError::bad_request(size_param, format!("the tree is not that large yet ({e})"))
+        }
     }
 }
 
@@ -128,7 +131,8 @@ pub(crate) fn inclusion_from_store(
     tree_size: u64,
 ) -> Result<Vec<Hash>, ApiError> {
     let mut src = TileSource::new(|k| store.merkle_tile(log_id, k));
-    let proof = inclusion_proof(&mut src, leaf_index, tree_size).map_err(tree_error)?;
+    let proof =
+        inclusion_proof(&mut src, leaf_index, tree_size).map_err(|e| tree_error(e, "treeSize"))?;
     metrics::histogram!("vellum_proof_tiles_read").record(src.tiles_read() as f64);
     Ok(proof)
 }
@@ -420,7 +424,7 @@ pub async fn get_consistency(
     let id = log_id.clone();
     let hashes = blocking(move || {
         let mut src = TileSource::new(|k| store.merkle_tile(&id, k));
-        consistency_proof(&mut src, from, to).map_err(tree_error)
+        consistency_proof(&mut src, from, to).map_err(|e| tree_error(e, "to"))
     })
     .await?;
     let body = ConsistencyProof {

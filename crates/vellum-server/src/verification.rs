@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use vellum_core::checkpoint::{CheckpointBody, CheckpointKey};
 use vellum_core::integrity::HmacKeyring;
 use vellum_core::merkle::{consistency_proof, verify_consistency};
-use vellum_core::tiles::{TILE_HEIGHT, TileSource};
+use vellum_core::tiles::{TILE_HEIGHT, TILE_WIDTH, TileSource};
 use vellum_core::verify::{ChainVerifier, Failure, LogReport};
 use vellum_store::{AuditStore, StoreError};
 
@@ -203,14 +203,28 @@ fn compare_tiles(
         return Ok(());
     }
     for tile in tiles {
-        let stored = store.merkle_tile(log_id, tile.key)?;
-        let matches = stored
-            .as_deref()
-            .is_some_and(|s| s.get(..tile.hashes.len()) == Some(tile.hashes.as_slice()));
-        if !matches {
-            let shift = u32::from(tile.key.level) * TILE_HEIGHT + TILE_HEIGHT;
+        let stored = store.merkle_tile(log_id, tile.key)?.unwrap_or_default();
+        // The first hash that differs, or the first one missing from a too-narrow tile. (The
+        // stored tile may be wider: tiles only grow.)
+        let differs = tile
+            .hashes
+            .iter()
+            .zip(&stored)
+            .position(|(rebuilt, stored)| rebuilt != stored)
+            .or((stored.len() < tile.hashes.len()).then_some(stored.len()));
+        if let Some(position) = differs {
+            // Hash `position` of tile (level, index) is node `index * 256 + position` of tree
+            // level `8 * level`, whose first leaf is that node number shifted by its level.
+            // Naming that leaf points at the altered event, not at the start of the tile.
+            let node = tile
+                .key
+                .index
+                .saturating_mul(TILE_WIDTH as u64)
+                .saturating_add(position as u64);
             verifier.report(Failure::TileMismatch {
-                seq: tile.key.index.checked_shl(shift).unwrap_or(u64::MAX),
+                seq: node
+                    .checked_shl(u32::from(tile.key.level) * TILE_HEIGHT)
+                    .unwrap_or(u64::MAX),
                 level: tile.key.level,
                 index: tile.key.index,
             });

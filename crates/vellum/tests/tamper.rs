@@ -1,6 +1,12 @@
 //! Tamper tests: events are ingested through a real server, which is then stopped with
 //! SIGTERM (it must exit 0); the SQLite store is altered behind Vellum's back and
 //! `vellum verify` must fail, naming the altered position.
+//!
+//! Every store holds signed checkpoints at sizes 30 (on demand, `POST
+//! /v1/logs/default/checkpoint`), 35 (`POST /v1/events?wait=checkpoint`) and 40 (written at
+//! shutdown), and possibly more (one every second while events arrive), so the Merkle checks of
+//! SPEC §4 are exercised: modify, delete, insert, reorder and truncate are each caught and
+//! located, and so are a corrupted Merkle tile and a corrupted checkpoint.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -11,11 +17,14 @@ use rusqlite::{Connection, params};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
+use vellum_core::checkpoint::CheckpointSigner;
 
 /// Events in each test store.
 const EVENTS: u64 = 40;
 /// The position the tests tamper with.
 const K: i64 = 17;
+/// Checkpoint sizes every test store has (see the module doc).
+const CHECKPOINTS: [u64; 3] = [30, 35, 40];
 
 /// A fresh data dir holding `EVENTS` events (seq 0..EVENTS), written by a real server that was
 /// then stopped gracefully.
@@ -40,10 +49,28 @@ fn store_with(customize: impl Fn(&mut std::process::Command)) -> (tempfile::Temp
             .map(|n| common::event("tamper.batch", n))
             .collect(),
     ));
+    // A checkpoint on demand, covering the batch.
+    let checkpoint: Value = rt.block_on(async {
+        let response = client
+            .post(format!("{}/v1/logs/default/checkpoint", server.url()))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .expect("asking for a checkpoint");
+        assert_eq!(response.status().as_u16(), 201);
+        response.json().await.expect("checkpoint JSON")
+    });
+    assert_eq!(checkpoint["treeSize"], EVENTS - 10, "{checkpoint}");
     for n in EVENTS - 10..EVENTS {
+        // The fifth single event waits for a checkpoint covering it (size 35).
+        let wait = if n == EVENTS - 6 {
+            "?wait=checkpoint"
+        } else {
+            ""
+        };
         let receipt: Value = rt.block_on(async {
             let response = client
-                .post(format!("{}/v1/events", server.url()))
+                .post(format!("{}/v1/events{wait}", server.url()))
                 .bearer_auth(&key)
                 .json(&common::event("tamper.single", n))
                 .send()
@@ -63,7 +90,25 @@ fn store_with(customize: impl Fn(&mut std::process::Command)) -> (tempfile::Temp
         "SIGTERM must drain and exit 0, got {status}; log:\n{}",
         std::fs::read_to_string(log).unwrap_or_default()
     );
+    let sizes = with_db(&data, checkpoint_sizes);
+    for size in CHECKPOINTS {
+        assert!(
+            sizes.contains(&size),
+            "no checkpoint of size {size}: {sizes:?}"
+        );
+    }
     (tmp, data)
+}
+
+/// Sizes of the stored checkpoints of the default log, ascending.
+fn checkpoint_sizes(conn: &Connection) -> Vec<u64> {
+    let mut stmt = conn
+        .prepare("SELECT tree_size FROM checkpoints WHERE log_id = 'default' ORDER BY tree_size")
+        .expect("SELECT checkpoints");
+    stmt.query_map([], |r| r.get::<_, i64>(0))
+        .expect("query")
+        .map(|r| u64::try_from(r.expect("row")).expect("size"))
+        .collect()
 }
 
 /// Opens the store file directly (the server is stopped), runs `f`, closes it.
@@ -131,6 +176,40 @@ fn json_failures(stdout: &str) -> (Value, Vec<Value>) {
     (report, failures)
 }
 
+/// The smallest stored checkpoint size above `seq`: the first one a change at `seq` breaks.
+fn first_checkpoint_after(data: &Path, seq: i64) -> u64 {
+    let sizes = with_db(data, checkpoint_sizes);
+    *sizes
+        .iter()
+        .find(|&&s| s > u64::try_from(seq).unwrap())
+        .unwrap_or_else(|| panic!("no checkpoint above {seq}: {sizes:?}"))
+}
+
+/// Asserts a `checkpointMismatch` for the checkpoint of `size` that places the change at or
+/// before `seq` (the range starts at the last checkpoint that still matched), in both reports.
+fn assert_checkpoint_mismatch(stdout_text: &str, failures: &[Value], size: u64, seq: i64) {
+    assert!(
+        failures.iter().any(|f| f["kind"] == "checkpointMismatch"
+            && f["treeSize"] == size
+            && f["fromSeq"].as_i64().is_some_and(|from| from <= seq)),
+        "no checkpointMismatch for the checkpoint of size {size} starting at or before seq {seq}: {failures:?}"
+    );
+    assert!(
+        fail_lines(stdout_text)
+            .iter()
+            .any(|l| l.contains(&format!("..{size}: Merkle root"))
+                && l.contains(&format!("checkpoint of size {size}"))),
+        "the text report does not name the broken checkpoint {size}:\n{stdout_text}"
+    );
+}
+
+/// The seed of the data dir's checkpoint signing key, as a signer.
+fn checkpoint_signer(data: &Path) -> CheckpointSigner {
+    let seed = vellum_server::bootstrap::read_checkpoint_seed(&data.join("checkpoint.key"))
+        .expect("checkpoint.key");
+    CheckpointSigner::from_seed("vellum", &seed).expect("signer")
+}
+
 #[test]
 fn untouched_store_verifies_ok() {
     let (_tmp, data) = store();
@@ -155,6 +234,78 @@ fn untouched_store_verifies_ok() {
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["signaturesChecked"], true, "{report}");
     assert_eq!(report["logs"][0]["events"], EVENTS, "{report}");
+
+    // Every stored checkpoint verified and matched, and the recomputed root is the one signed
+    // at the last checkpoint.
+    let (sizes, last_root): (Vec<u64>, Vec<u8>) = with_db(&data, |c| {
+        let root = c
+            .query_row(
+                "SELECT root_hash FROM checkpoints WHERE log_id = 'default' AND tree_size = ?1",
+                params![EVENTS as i64],
+                |r| r.get(0),
+            )
+            .expect("last checkpoint");
+        (checkpoint_sizes(c), root)
+    });
+    assert_eq!(report["checkpointsVerified"], sizes.len(), "{report}");
+    assert_eq!(
+        report["logs"][0]["checkpointsMatched"],
+        sizes.len(),
+        "{report}"
+    );
+    assert_eq!(
+        report["logs"][0]["merkleRoot"],
+        hex::encode(&last_root),
+        "{report}"
+    );
+    assert!(
+        stdout.contains(&format!("{} signed checkpoints match", sizes.len())),
+        "{stdout}"
+    );
+}
+
+/// `--public-key` pins the checkpoint keys: the store's own key (either form) verifies; any
+/// other key fails every checkpoint, even though the store publishes its own key.
+#[test]
+fn pinned_checkpoint_public_key() {
+    let (_tmp, data) = store();
+    let public = checkpoint_signer(&data).public();
+    for form in [public.verifier_key(), public.public_key_base64()] {
+        let out = common::verify(&data, &["--public-key", &form]);
+        let stdout = common::text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "--public-key {form}: {stdout}{}",
+            common::text(&out.stderr)
+        );
+    }
+
+    let wrong = CheckpointSigner::from_seed("vellum", &[9u8; 32])
+        .expect("signer")
+        .public();
+    assert_ne!(wrong, public);
+    let stdout = verify_fails(&data, &["--public-key", &wrong.verifier_key()]);
+    let sizes = with_db(&data, checkpoint_sizes);
+    for size in &sizes {
+        assert!(
+            stdout.contains(&format!("FAIL checkpoint of size {size}: invalid")),
+            "checkpoint {size} accepted under a wrong key:\n{stdout}"
+        );
+    }
+    let stdout = verify_fails(
+        &data,
+        &["--json", "--public-key", &wrong.public_key_base64()],
+    );
+    let (report, failures) = json_failures(&stdout);
+    assert_eq!(report["checkpointsVerified"], 0, "{report}");
+    assert_eq!(failures.len(), sizes.len(), "{report}");
+    assert!(
+        failures.iter().all(|f| f["kind"] == "checkpointInvalid"
+            && f["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("unknown key"))),
+        "{report}"
+    );
 }
 
 #[test]
@@ -217,6 +368,13 @@ fn deleted_event_is_reported_missing() {
             .any(|f| f["kind"] == "missing" && f["fromSeq"] == K && f["toSeq"] == K),
         "{report}"
     );
+    // The signed roots no longer match; the tail is intact, so nothing says "truncated".
+    let text = verify_fails(&data, &[]);
+    assert_checkpoint_mismatch(&text, &failures, first_checkpoint_after(&data, K), K);
+    assert!(
+        failures.iter().all(|f| f["kind"] != "truncated"),
+        "a deletion in the middle is not a truncated tail: {report}"
+    );
 }
 
 #[test]
@@ -267,12 +425,23 @@ fn modified_body_with_recomputed_hash_is_caught() {
             .any(|f| f["kind"] == "chainBreak" && f["seq"] == K + 1),
         "{report}"
     );
-    // Without the secret, the chain still gives it away.
+    // The new hash changes the Merkle tree: the signed checkpoint no longer matches, and the
+    // stored tile (which still holds the old leaf) is named at the altered position.
+    let text = verify_fails(&data, &[]);
+    assert_checkpoint_mismatch(&text, &failures, first_checkpoint_after(&data, K), K);
+    assert!(
+        failures
+            .iter()
+            .any(|f| f["kind"] == "tileMismatch" && f["seq"] == K),
+        "{report}"
+    );
+    // Without the secret, the chain (and the signed checkpoints) still give it away.
     let stdout = verify_fails(&data, &["--no-signatures"]);
     assert!(
         stdout.contains(&format!("FAIL seq {}:", K + 1)),
         "without signatures the chain break must still be found:\n{stdout}"
     );
+    assert!(stdout.contains("Merkle root"), "{stdout}");
 }
 
 #[test]
@@ -296,6 +465,228 @@ fn reordered_events_are_caught() {
         stdout.contains(&format!("FAIL seq {K}:")),
         "reordering not reported at seq {K}:\n{stdout}"
     );
+    let stdout_json = verify_fails(&data, &["--json"]);
+    let (report, failures) = json_failures(&stdout_json);
+    for seq in [K, K + 1] {
+        assert!(
+            failures
+                .iter()
+                .any(|f| f["kind"] == "misplaced" && f["seq"] == seq),
+            "seq {seq} not reported as moved: {report}"
+        );
+    }
+    assert_checkpoint_mismatch(&stdout, &failures, first_checkpoint_after(&data, K), K);
+}
+
+/// An attacker without the secret inserts a forged event in the middle: later events are
+/// shifted up one position, and the forged one is chained to its predecessor (prevHash, hash
+/// recomputed) with a made-up signature.
+#[test]
+fn inserted_forged_event_is_caught() {
+    let (_tmp, data) = store();
+    with_db(&data, |c| {
+        c.execute_batch(&format!(
+            "BEGIN;
+             UPDATE events SET seq = seq + 1000 WHERE log_id = 'default' AND seq >= {K};
+             UPDATE events SET seq = seq - 999 WHERE log_id = 'default' AND seq >= 1000;
+             COMMIT;"
+        ))
+        .expect("shift");
+        let (prev_body, prev_hash): (String, Vec<u8>) = c
+            .query_row(
+                "SELECT body, hash FROM events WHERE log_id = 'default' AND seq = ?1",
+                params![K - 1],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("event before");
+        let mut event: Value = serde_json::from_str(&prev_body).expect("stored JSON");
+        let obj = event.as_object_mut().expect("object");
+        assert!(obj.contains_key("keyId"), "{prev_body}");
+        obj.insert("seq".into(), K.into());
+        obj.insert("prevHash".into(), hex::encode(&prev_hash).into());
+        obj.insert("id".into(), "01900000-0000-7000-8000-0000000000aa".into());
+        obj.insert("outcomeDescription".into(), "forged".into());
+        let body = vellum_core::canonical::to_canonical_string(&event);
+        let hash = Sha256::digest(body.as_bytes()).to_vec();
+        let id = [
+            0x01u8, 0x90, 0, 0, 0, 0, 0x70, 0, 0x80, 0, 0, 0, 0, 0, 0, 0xaa,
+        ];
+        c.execute(
+            "INSERT INTO events (log_id, seq, id, hash, signature, body)
+             VALUES ('default', ?1, ?2, ?3, ?4, ?5)",
+            params![K, &id[..], hash, &[0x5au8; 32][..], body],
+        )
+        .expect("INSERT");
+    });
+    let stdout = verify_fails(&data, &[]);
+    assert!(
+        stdout.contains(&format!("FAIL seq {K}: HMAC signature does not verify")),
+        "the forged event at seq {K} is not named:\n{stdout}"
+    );
+    let stdout_json = verify_fails(&data, &["--json"]);
+    let (report, failures) = json_failures(&stdout_json);
+    assert!(
+        failures
+            .iter()
+            .any(|f| f["kind"] == "signatureMismatch" && f["seq"] == K),
+        "{report}"
+    );
+    // The displaced original now sits one position up and says so.
+    assert!(
+        failures
+            .iter()
+            .any(|f| f["kind"] == "misplaced" && f["seq"] == K + 1 && f["claimedSeq"] == K),
+        "{report}"
+    );
+    assert_checkpoint_mismatch(&stdout, &failures, first_checkpoint_after(&data, K), K);
+    // Without the secret the forged event's own hash and link are fine, but the signed
+    // checkpoints are not.
+    let stdout = verify_fails(&data, &["--no-signatures"]);
+    assert!(stdout.contains("Merkle root"), "{stdout}");
+}
+
+/// The last events are deleted: the checkpoints covering them say the tail was cut, and where.
+#[test]
+fn truncated_tail_is_caught() {
+    const CUT: u64 = 8;
+    let (_tmp, data) = store();
+    let deleted = with_db(&data, |c| {
+        c.execute(
+            "DELETE FROM events WHERE log_id = 'default' AND seq >= ?1",
+            params![(EVENTS - CUT) as i64],
+        )
+        .expect("DELETE")
+    });
+    assert_eq!(deleted as u64, CUT);
+    let stdout = verify_fails(&data, &[]);
+    let fails = fail_lines(&stdout);
+    assert!(
+        fails.iter().any(
+            |l| l.starts_with(&format!("FAIL seq {}..{EVENTS}:", EVENTS - CUT))
+                && l.contains("tail truncated")
+        ),
+        "truncation not reported from seq {}:\n{stdout}",
+        EVENTS - CUT
+    );
+    // The remaining events and the checkpoints they still reach are intact.
+    assert_eq!(fails.len(), 1, "{stdout}");
+    let stdout = verify_fails(&data, &["--json"]);
+    let (report, failures) = json_failures(&stdout);
+    assert_eq!(
+        failures,
+        vec![serde_json::json!({
+            "kind": "truncated",
+            "logSize": EVENTS - CUT,
+            "treeSize": EVENTS,
+        })],
+        "{report}"
+    );
+    assert!(
+        report["logs"][0]["checkpointsMatched"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+}
+
+/// One bit of one stored leaf hash flips in a Merkle tile (the events are intact): proofs
+/// served from it would be wrong, and verify names the leaf.
+#[test]
+fn corrupted_merkle_tile_is_caught() {
+    let (_tmp, data) = store();
+    with_db(&data, |c| {
+        let mut hashes: Vec<u8> = c
+            .query_row(
+                "SELECT hashes FROM merkle_tiles WHERE log_id = 'default' AND level = 0 AND idx = 0",
+                [],
+                |r| r.get(0),
+            )
+            .expect("tile 0/0");
+        assert_eq!(hashes.len() as u64, 32 * EVENTS);
+        hashes[K as usize * 32 + 5] ^= 0x10;
+        let changed = c
+            .execute(
+                "UPDATE merkle_tiles SET hashes = ?1 WHERE log_id = 'default' AND level = 0 AND idx = 0",
+                params![hashes],
+            )
+            .expect("UPDATE tile");
+        assert_eq!(changed, 1);
+    });
+    let stdout = verify_fails(&data, &[]);
+    assert!(
+        fail_lines(&stdout)
+            .iter()
+            .any(|l| l.starts_with(&format!("FAIL seq {K}: stored Merkle tile"))),
+        "the corrupted tile is not located at seq {K}:\n{stdout}"
+    );
+    let stdout = verify_fails(&data, &["--json"]);
+    let (report, failures) = json_failures(&stdout);
+    assert!(
+        failures
+            .iter()
+            .any(|f| f["kind"] == "tileMismatch" && f["seq"] == K && f["level"] == 0),
+        "{report}"
+    );
+    // The events themselves are fine.
+    assert!(
+        failures
+            .iter()
+            .all(|f| ["tileMismatch", "inconsistent"].contains(&f["kind"].as_str().unwrap())),
+        "{report}"
+    );
+}
+
+/// A checkpoint's note signature is altered, and another's JSON signature column: each is
+/// reported invalid by its tree size, and verification fails.
+#[test]
+fn corrupted_checkpoint_signature_is_caught() {
+    let (_tmp, data) = store();
+    with_db(&data, |c| {
+        let note: String = c
+            .query_row(
+                "SELECT note FROM checkpoints WHERE log_id = 'default' AND tree_size = 30",
+                [],
+                |r| r.get(0),
+            )
+            .expect("note");
+        // The signature line is `— vellum <base64(keyId || signature)>`; change one base64
+        // character inside the signature bytes.
+        let sig_start = note.rfind(' ').expect("signature line") + 1;
+        let mut bytes = note.into_bytes();
+        let at = sig_start + 20;
+        bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(bytes).expect("UTF-8");
+        let changed = c
+            .execute(
+                "UPDATE checkpoints SET note = ?1 WHERE log_id = 'default' AND tree_size = 30",
+                params![tampered],
+            )
+            .expect("UPDATE note");
+        assert_eq!(changed, 1);
+        let changed = c
+            .execute(
+                "UPDATE checkpoints SET signature = replace(signature, substr(signature, 10, 1),
+                     CASE substr(signature, 10, 1) WHEN 'x' THEN 'y' ELSE 'x' END)
+                 WHERE log_id = 'default' AND tree_size = 35",
+                [],
+            )
+            .expect("UPDATE signature");
+        assert_eq!(changed, 1);
+    });
+    let stdout = verify_fails(&data, &[]);
+    for size in [30, 35] {
+        assert!(
+            stdout.contains(&format!("FAIL checkpoint of size {size}: invalid")),
+            "checkpoint {size} not reported:\n{stdout}"
+        );
+    }
+    let stdout = verify_fails(&data, &["--json"]);
+    let (report, failures) = json_failures(&stdout);
+    let invalid: Vec<u64> = failures
+        .iter()
+        .filter(|f| f["kind"] == "checkpointInvalid")
+        .map(|f| f["treeSize"].as_u64().unwrap())
+        .collect();
+    assert_eq!(invalid, vec![30, 35], "{report}");
+    assert_eq!(failures.len(), 2, "{report}");
 }
 
 #[test]
