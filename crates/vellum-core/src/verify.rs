@@ -261,6 +261,92 @@ struct ChainFields<'a> {
     key_id: Option<std::borrow::Cow<'a, str>>,
 }
 
+/// What checking one row finds without knowing any other row: its hash, its HMAC verdict, the
+/// chain fields inside it, and its Merkle leaf. This is nearly all of the CPU of verification
+/// (three SHA-256 passes over the text and a JSON scan) and is independent per row, so callers
+/// compute it for many rows in parallel and feed the results in order to
+/// [`ChainVerifier::check_facts`].
+#[derive(Debug, Clone)]
+pub struct RowFacts {
+    computed: [u8; 32],
+    leaf: crate::merkle::Hash,
+    fields: Result<RowFields, String>,
+    signature: SignatureFacts,
+}
+
+#[derive(Debug, Clone)]
+struct RowFields {
+    seq: Option<u64>,
+    /// `Some(claimed)` when the event names another log (or none).
+    other_log: Option<Option<String>>,
+    /// `None` when missing or not 64 hex digits.
+    prev_hash: Option<[u8; 32]>,
+}
+
+#[derive(Debug, Clone)]
+enum SignatureFacts {
+    NotChecked,
+    Absent,
+    Valid,
+    Mismatch,
+    UnknownKey(String),
+    Incomplete,
+}
+
+/// Computes a row's [`RowFacts`] for the log `log_id`; `keyring` `None` skips the HMAC.
+pub fn row_facts(
+    log_id: &str,
+    keyring: Option<&HmacKeyring>,
+    canonical: &str,
+    hash: &[u8],
+    signature: Option<&[u8]>,
+) -> RowFacts {
+    let computed = event_hash(canonical);
+    // The tree is built over what is stored (the hash the log committed), so a body edited
+    // without its hash is caught by the hash check and not reported twice by the tree.
+    let stored: [u8; 32] = hash.try_into().unwrap_or(computed);
+    let leaf = crate::merkle::leaf_hash(&stored);
+    let (fields, signature) = match serde_json::from_str::<ChainFields<'_>>(canonical) {
+        Err(e) => (
+            Err(format!("not a JSON event: {e}")),
+            SignatureFacts::NotChecked,
+        ),
+        Ok(f) => {
+            let other_log = if f.log_id.as_deref() == Some(log_id) {
+                None
+            } else {
+                Some(f.log_id.as_deref().map(str::to_owned))
+            };
+            let sig = match (keyring, f.key_id.as_deref(), signature) {
+                (None, _, _) => SignatureFacts::NotChecked,
+                (Some(_), None, None) => SignatureFacts::Absent,
+                (Some(ring), Some(key_id), Some(sig)) => {
+                    match ring.verify(key_id, canonical.as_bytes(), sig) {
+                        Ok(()) => SignatureFacts::Valid,
+                        Err(SignatureError::Mismatch) => SignatureFacts::Mismatch,
+                        Err(SignatureError::UnknownKey(k)) => SignatureFacts::UnknownKey(k),
+                    }
+                }
+                (Some(_), _, _) => SignatureFacts::Incomplete,
+            };
+            (
+                Ok(RowFields {
+                    seq: f.seq,
+                    other_log,
+                    prev_hash: f.prev_hash.as_deref().and_then(from_hex),
+                }),
+                sig,
+            )
+        }
+    };
+    RowFacts {
+        computed,
+        leaf,
+        fields,
+        signature,
+    }
+}
+
 /// Verifies one log, row by row in `seq` order.
 #[derive(Debug)]
 pub struct ChainVerifier<'k> {
@@ -357,6 +443,13 @@ impl<'k> ChainVerifier<'k> {
 
     /// Checks the row stored at `seq` with its stored `hash` and `signature`.
     pub fn check(&mut self, seq: u64, canonical: &str, hash: &[u8], signature: Option<&[u8]>) {
+        let facts = row_facts(&self.log_id, self.keyring, canonical, hash, signature);
+        self.check_facts(seq, hash, facts);
+    }
+
+    /// [`ChainVerifier::check`] with the row's independent part already computed by
+    /// [`row_facts`] (possibly on another thread); rows must still arrive in `seq` order.
+    pub fn check_facts(&mut self, seq: u64, hash: &[u8], facts: RowFacts) {
         self.checked += 1;
         if seq > self.next_seq {
             self.failures.push(Failure::Missing {
@@ -364,7 +457,7 @@ impl<'k> ChainVerifier<'k> {
                 to_seq: seq - 1,
             });
         }
-        let computed = event_hash(canonical);
+        let computed = facts.computed;
         if computed[..] != *hash {
             self.failures.push(Failure::HashMismatch {
                 seq,
@@ -372,21 +465,20 @@ impl<'k> ChainVerifier<'k> {
                 stored: hex::encode(hash),
             });
         }
-        match serde_json::from_str::<ChainFields<'_>>(canonical) {
-            Err(e) => self.failures.push(Failure::Malformed {
-                seq,
-                reason: format!("not a JSON event: {e}"),
-            }),
+        match facts.fields {
+            Err(reason) => self.failures.push(Failure::Malformed { seq, reason }),
             Ok(fields) => {
-                if fields.seq != Some(seq) || fields.log_id.as_deref() != Some(self.log_id.as_str())
-                {
+                if fields.seq != Some(seq) || fields.other_log.is_some() {
                     self.failures.push(Failure::Misplaced {
                         seq,
                         claimed_seq: fields.seq,
-                        claimed_log: fields.log_id.as_deref().map(str::to_owned),
+                        claimed_log: match fields.other_log {
+                            Some(claimed) => claimed,
+                            None => Some(self.log_id.clone()),
+                        },
                     });
                 }
-                match fields.prev_hash.as_deref().and_then(from_hex) {
+                match fields.prev_hash {
                     None => self.failures.push(Failure::Malformed {
                         seq,
                         reason: "prevHash is missing or not 64 hex digits".into(),
@@ -400,42 +492,31 @@ impl<'k> ChainVerifier<'k> {
                     }
                     Some(_) => {}
                 }
-                self.check_signature(seq, canonical, fields.key_id.as_deref(), signature);
+                match facts.signature {
+                    SignatureFacts::NotChecked | SignatureFacts::Valid => {}
+                    SignatureFacts::Absent => {
+                        if self.require_signatures {
+                            self.failures.push(Failure::Unsigned { seq });
+                        }
+                    }
+                    SignatureFacts::Mismatch => {
+                        self.failures.push(Failure::SignatureMismatch { seq });
+                    }
+                    SignatureFacts::UnknownKey(key_id) => {
+                        self.failures.push(Failure::UnknownKey { seq, key_id });
+                    }
+                    SignatureFacts::Incomplete => {
+                        self.failures.push(Failure::MissingSignature { seq });
+                    }
+                }
             }
         }
         // Continue the chain from what is stored, so one modified event is reported once
         // (its own hash) rather than also as a break at every later event.
         self.prev_hash = hash.try_into().unwrap_or(computed);
         self.next_seq = seq + 1;
-        self.tree.push(crate::merkle::leaf_hash(&self.prev_hash));
+        self.tree.push(facts.leaf);
         self.compare_checkpoints();
-    }
-
-    fn check_signature(
-        &mut self,
-        seq: u64,
-        canonical: &str,
-        key_id: Option<&str>,
-        signature: Option<&[u8]>,
-    ) {
-        let Some(ring) = self.keyring else { return };
-        match (key_id, signature) {
-            (None, None) => {
-                if self.require_signatures {
-                    self.failures.push(Failure::Unsigned { seq });
-                }
-            }
-            (Some(key_id), Some(sig)) => match ring.verify(key_id, canonical.as_bytes(), sig) {
-                Ok(()) => {}
-                Err(SignatureError::Mismatch) => {
-                    self.failures.push(Failure::SignatureMismatch { seq });
-                }
-                Err(SignatureError::UnknownKey(key_id)) => {
-                    self.failures.push(Failure::UnknownKey { seq, key_id });
-                }
-            },
-            _ => self.failures.push(Failure::MissingSignature { seq }),
-        }
     }
 
     /// Declares where the log is known to end (e.g. a checkpoint's tree size), so missing
