@@ -14,6 +14,7 @@ pub mod canonical;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod export;
 pub mod integrity;
 pub mod merkle;
 pub mod model;

@@ -1,5 +1,6 @@
-//! `GET /v1/export`: streaming exports. This issue delivers `format=bundle` (SPEC §4, format in
-//! `vellum_core::bundle`); the other formats of SPEC §11 follow in their own issue.
+//! `GET /v1/export`: streaming exports in every format of SPEC §4 and §11: `bundle` (format in
+//! `vellum_core::bundle`), `ndjson` and `json` (complete events), `csv` (the SPEC columns,
+//! formula-guarded), `fhir` (a FHIR R4 `Bundle` of `AuditEvent`s) and `pdf`.
 //!
 //! Constant memory: a blocking task walks the search results page by page, computes each
 //! event's inclusion proof from the stored tiles, and sends NDJSON lines through a small bounded
@@ -26,8 +27,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use vellum_core::bundle::{BundleHeader, BundleKey, BundleProof, BundleTrailer, FORMAT, VERSION};
-use vellum_core::checkpoint::SignedCheckpoint;
-use vellum_store::{AuditStore, SearchQuery};
+use vellum_store::{AuditStore, SearchQuery, StoredEvent};
 
 /// Bytes gathered before a chunk is handed to the body.
 const CHUNK_BYTES: usize = 64 * 1024;
@@ -62,16 +62,15 @@ pub async fn get_export(
     Query(mut params): Query<BTreeMap<String, String>>,
 ) -> Result<Response, ApiError> {
     principal.require(Role::Reader)?;
-    match params.remove("format").as_deref() {
-        Some("bundle") => {}
-        None => return Err(ApiError::bad_request("format", "is required (`bundle`)")),
-        Some(other) => {
-            return Err(ApiError::bad_request(
+    let format = match params.remove("format").as_deref() {
+        None => return Err(ApiError::bad_request("format", "is required")),
+        Some(name) => ExportFormat::parse(name).ok_or_else(|| {
+            ApiError::bad_request(
                 "format",
-                format!("`{other}` is not supported yet; use `bundle`"),
-            ));
-        }
-    }
+                format!("`{name}` is not one of bundle, ndjson, json, csv, fhir, pdf"),
+            )
+        })?,
+    };
     let mut query = parse_search(&params)?;
     scope_query(&principal, &mut query)?;
     record_read(
@@ -80,7 +79,7 @@ pub async fn get_export(
         peer,
         "/v1/export",
         None,
-        json!({"format": "bundle", "query": params}),
+        json!({"format": format.name(), "query": params}),
     )
     .await?;
 
@@ -127,12 +126,39 @@ pub async fn get_export(
             .collect(),
         checkpoints,
     };
+    let snapshot: HashMap<String, u64> = header
+        .checkpoints
+        .iter()
+        .map(|c| (c.log_id.clone(), c.tree_size))
+        .collect();
 
+    let observer = vellum_core::export::FhirObserver {
+        display: format!(
+            "Vellum {} ({})",
+            env!("CARGO_PKG_VERSION"),
+            state.config.listen
+        ),
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let store = state.store.clone();
     tokio::task::spawn_blocking(move || {
-        if let Err(e) = write_bundle(store, header, query, &tx) {
-            tracing::warn!(error = %e, "bundle export stopped before its end");
+        let encoder: Box<dyn Encoder> = match format {
+            ExportFormat::Bundle => Box::new(BundleEncoder {
+                header: Some(header),
+            }),
+            ExportFormat::Ndjson => Box::new(NdjsonEncoder),
+            ExportFormat::Json => Box::new(JsonEncoder {
+                header: Some(header),
+                first: true,
+            }),
+            ExportFormat::Csv => Box::new(CsvEncoder),
+            ExportFormat::Fhir => Box::new(FhirEncoder {
+                observer,
+                first: true,
+            }),
+        };
+        if let Err(e) = write_export(store, encoder, format, snapshot, query, &tx) {
+            tracing::warn!(error = %e, "export stopped before its end");
             let _ = tx.blocking_send(Err(std::io::Error::other(e)));
         }
     });
@@ -140,62 +166,307 @@ pub async fn get_export(
     *response.status_mut() = StatusCode::OK;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-ndjson"),
+        HeaderValue::from_static(format.content_type()),
     );
-    response.headers_mut().insert(
-        header::CONTENT_DISPOSITION,
-        HeaderValue::from_static("attachment; filename=\"vellum-bundle.ndjson\""),
-    );
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "attachment; filename=\"vellum-export.{}\"",
+        format.extension()
+    )) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_DISPOSITION, v);
+    }
     Ok(response)
 }
 
-/// Walks the selection and sends the bundle's lines; an `Err` means the stream was cut.
-fn write_bundle(
+/// The export formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// Verifiable NDJSON bundle (docs/BUNDLE.md).
+    Bundle,
+    /// One complete event per line.
+    Ndjson,
+    /// `{"query", "checkpoints", "events": [...], "count"}`.
+    Json,
+    /// SPEC §11 columns.
+    Csv,
+    /// FHIR R4 `Bundle` (type `collection`) of `AuditEvent`.
+    Fhir,
+}
+
+impl ExportFormat {
+    /// Parses the `format` parameter.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "bundle" => Self::Bundle,
+            "ndjson" => Self::Ndjson,
+            "json" => Self::Json,
+            "csv" => Self::Csv,
+            "fhir" => Self::Fhir,
+            _ => return None,
+        })
+    }
+
+    /// The parameter value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Bundle => "bundle",
+            Self::Ndjson => "ndjson",
+            Self::Json => "json",
+            Self::Csv => "csv",
+            Self::Fhir => "fhir",
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Self::Bundle | Self::Ndjson => "application/x-ndjson",
+            Self::Json => "application/json",
+            Self::Csv => "text/csv; charset=utf-8",
+            Self::Fhir => "application/fhir+json",
+        }
+    }
+
+    fn extension(self) -> &'static str {
+        match self {
+            Self::Bundle => "bundle.ndjson",
+            Self::Ndjson => "ndjson",
+            Self::Json => "json",
+            Self::Csv => "csv",
+            Self::Fhir => "fhir.json",
+        }
+    }
+}
+
+/// Turns the walk into bytes, one event at a time, appending to a buffer the walker flushes.
+trait Encoder: Send {
+    fn begin(&mut self, out: &mut Vec<u8>) -> Result<(), String>;
+    fn event(
+        &mut self,
+        out: &mut Vec<u8>,
+        event: &StoredEvent,
+        proof: Option<&BundleProof>,
+    ) -> Result<(), String>;
+    fn end(&mut self, out: &mut Vec<u8>, count: u64) -> Result<(), String>;
+}
+
+fn json_into(out: &mut Vec<u8>, value: &impl serde::Serialize) -> Result<(), String> {
+    serde_json::to_writer(out, value).map_err(|e| e.to_string())
+}
+
+struct BundleEncoder {
+    header: Option<BundleHeader>,
+}
+
+impl Encoder for BundleEncoder {
+    fn begin(&mut self, out: &mut Vec<u8>) -> Result<(), String> {
+        json_into(out, &self.header.take())?;
+        out.push(b'\n');
+        Ok(())
+    }
+
+    fn event(
+        &mut self,
+        out: &mut Vec<u8>,
+        event: &StoredEvent,
+        proof: Option<&BundleProof>,
+    ) -> Result<(), String> {
+        // Splice the stored text instead of re-serializing it: the event goes out byte for
+        // byte as stored (plus hash and signature).
+        out.extend_from_slice(b"{\"event\":");
+        out.extend_from_slice(event.to_api_json().as_bytes());
+        out.extend_from_slice(b",\"proof\":");
+        json_into(out, &proof)?;
+        out.extend_from_slice(b"}\n");
+        Ok(())
+    }
+
+    fn end(&mut self, out: &mut Vec<u8>, count: u64) -> Result<(), String> {
+        json_into(
+            out,
+            &BundleTrailer {
+                end: true,
+                events: count,
+            },
+        )?;
+        out.push(b'\n');
+        Ok(())
+    }
+}
+
+struct NdjsonEncoder;
+
+impl Encoder for NdjsonEncoder {
+    fn begin(&mut self, _: &mut Vec<u8>) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn event(
+        &mut self,
+        out: &mut Vec<u8>,
+        e: &StoredEvent,
+        _: Option<&BundleProof>,
+    ) -> Result<(), String> {
+        out.extend_from_slice(e.to_api_json().as_bytes());
+        out.push(b'\n');
+        Ok(())
+    }
+
+    fn end(&mut self, _: &mut Vec<u8>, _: u64) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+struct JsonEncoder {
+    header: Option<BundleHeader>,
+    first: bool,
+}
+
+impl Encoder for JsonEncoder {
+    fn begin(&mut self, out: &mut Vec<u8>) -> Result<(), String> {
+        let header = self.header.take();
+        out.extend_from_slice(b"{\"query\":");
+        json_into(out, &header.as_ref().map(|h| &h.query))?;
+        out.extend_from_slice(b",\"checkpoints\":");
+        json_into(out, &header.as_ref().map(|h| &h.checkpoints))?;
+        out.extend_from_slice(b",\"events\":[");
+        Ok(())
+    }
+
+    fn event(
+        &mut self,
+        out: &mut Vec<u8>,
+        e: &StoredEvent,
+        _: Option<&BundleProof>,
+    ) -> Result<(), String> {
+        if !std::mem::take(&mut self.first) {
+            out.push(b',');
+        }
+        out.extend_from_slice(e.to_api_json().as_bytes());
+        Ok(())
+    }
+
+    fn end(&mut self, out: &mut Vec<u8>, count: u64) -> Result<(), String> {
+        out.extend_from_slice(format!("],\"count\":{count}}}").as_bytes());
+        Ok(())
+    }
+}
+
+struct CsvEncoder;
+
+impl CsvEncoder {
+    fn record(out: &mut Vec<u8>, cells: &[impl AsRef<[u8]>]) -> Result<(), String> {
+        let mut w = csv::WriterBuilder::new()
+            .terminator(csv::Terminator::CRLF)
+            .from_writer(out);
+        w.write_record(cells).map_err(|e| e.to_string())?;
+        w.flush().map_err(|e| e.to_string())
+    }
+}
+
+impl Encoder for CsvEncoder {
+    fn begin(&mut self, out: &mut Vec<u8>) -> Result<(), String> {
+        Self::record(out, &vellum_core::export::CSV_COLUMNS)
+    }
+
+    fn event(
+        &mut self,
+        out: &mut Vec<u8>,
+        e: &StoredEvent,
+        _: Option<&BundleProof>,
+    ) -> Result<(), String> {
+        let value: serde_json::Value =
+            serde_json::from_str(&e.to_api_json()).map_err(|e| e.to_string())?;
+        Self::record(out, &vellum_core::export::csv_record(&value))
+    }
+
+    fn end(&mut self, _: &mut Vec<u8>, _: u64) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+struct FhirEncoder {
+    observer: vellum_core::export::FhirObserver,
+    first: bool,
+}
+
+impl Encoder for FhirEncoder {
+    fn begin(&mut self, out: &mut Vec<u8>) -> Result<(), String> {
+        out.extend_from_slice(
+            b"{\"resourceType\":\"Bundle\",\"type\":\"collection\",\"timestamp\":",
+        );
+        json_into(out, &vellum_core::pipeline::server_now().1)?;
+        out.extend_from_slice(b",\"entry\":[");
+        Ok(())
+    }
+
+    fn event(
+        &mut self,
+        out: &mut Vec<u8>,
+        e: &StoredEvent,
+        _: Option<&BundleProof>,
+    ) -> Result<(), String> {
+        let value: serde_json::Value =
+            serde_json::from_str(&e.to_api_json()).map_err(|e| e.to_string())?;
+        let resource = vellum_core::export::fhir_audit_event(&value, &self.observer);
+        if !std::mem::take(&mut self.first) {
+            out.push(b',');
+        }
+        let full_url = value
+            .get("id")
+            .and_then(serde_json::Value::as_str)
+            .map(|id| format!("urn:uuid:{id}"));
+        json_into(out, &json!({"fullUrl": full_url, "resource": resource}))
+    }
+
+    fn end(&mut self, out: &mut Vec<u8>, _: u64) -> Result<(), String> {
+        out.extend_from_slice(b"]}");
+        Ok(())
+    }
+}
+
+/// Walks the selection page by page and sends encoded chunks; an `Err` means the stream was
+/// cut (the client sees a body without its end).
+fn write_export(
     store: Arc<dyn AuditStore>,
-    header: BundleHeader,
+    mut encoder: Box<dyn Encoder>,
+    format: ExportFormat,
+    snapshot: HashMap<String, u64>,
     mut query: SearchQuery,
     tx: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) -> Result<(), String> {
-    let sizes: HashMap<String, SignedCheckpoint> = header
-        .checkpoints
-        .iter()
-        .map(|c| (c.log_id.clone(), c.clone()))
-        .collect();
-    let mut buffer = serde_json::to_string(&header).map_err(|e| e.to_string())?;
-    buffer.push('\n');
-    let flush = |buffer: &mut String| -> Result<(), String> {
+    let mut buffer: Vec<u8> = Vec::with_capacity(CHUNK_BYTES * 2);
+    let flush = |buffer: &mut Vec<u8>| -> Result<(), String> {
         let chunk = Bytes::from(std::mem::take(buffer));
         tx.blocking_send(Ok(chunk))
             .map_err(|_| "the client went away".to_owned())
     };
+    encoder.begin(&mut buffer)?;
     query.limit = PAGE;
     query.cursor = None;
     let mut written = 0u64;
     loop {
         let page = store.search(&query).map_err(|e| e.to_string())?;
         for event in &page.events {
-            let Some(cp) = sizes.get(&event.log_id) else {
+            let Some(&size) = snapshot.get(&event.log_id) else {
                 continue;
             };
-            if event.seq >= cp.tree_size {
+            if event.seq >= size {
                 continue; // committed after the snapshot checkpoint
             }
-            let hashes =
-                inclusion_from_store(store.as_ref(), &event.log_id, event.seq, cp.tree_size)
+            let proof = if format == ExportFormat::Bundle {
+                let hashes = inclusion_from_store(store.as_ref(), &event.log_id, event.seq, size)
                     .map_err(|e| format!("proof for seq {}: {e:?}", event.seq))?;
-            // Splice the stored text instead of re-serializing it: the event goes out byte
-            // for byte as stored (plus hash and signature).
-            let proof = BundleProof {
-                log_id: event.log_id.clone(),
-                leaf_index: event.seq,
-                tree_size: cp.tree_size,
-                hashes: hashes.iter().map(hex::encode).collect(),
+                Some(BundleProof {
+                    log_id: event.log_id.clone(),
+                    leaf_index: event.seq,
+                    tree_size: size,
+                    hashes: hashes.iter().map(hex::encode).collect(),
+                })
+            } else {
+                None
             };
-            buffer.push_str("{\"event\":");
-            buffer.push_str(&event.to_api_json());
-            buffer.push_str(",\"proof\":");
-            buffer.push_str(&serde_json::to_string(&proof).map_err(|e| e.to_string())?);
-            buffer.push_str("}\n");
+            encoder.event(&mut buffer, event, proof.as_ref())?;
             written += 1;
             if buffer.len() >= CHUNK_BYTES {
                 flush(&mut buffer)?;
@@ -206,11 +477,7 @@ fn write_bundle(
             None => break,
         }
     }
-    let trailer = BundleTrailer {
-        end: true,
-        events: written,
-    };
-    buffer.push_str(&serde_json::to_string(&trailer).map_err(|e| e.to_string())?);
-    buffer.push('\n');
+    encoder.end(&mut buffer, written)?;
+    metrics::counter!("vellum_exported_events_total", "format" => format.name()).increment(written);
     flush(&mut buffer)
 }

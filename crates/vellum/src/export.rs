@@ -1,5 +1,5 @@
-//! `vellum export --bundle FILE` (through a running server, so the read is authenticated and
-//! audited) and `vellum verify-bundle FILE` (offline: no server, no secret, no network).
+//! `vellum export --bundle FILE` / `--format F [--output FILE]` (through a running server, so
+//! the read is authenticated and audited) and `vellum verify-bundle FILE` (offline: no server, no secret, no network).
 
 use anyhow::{Context, bail};
 use std::io::{BufRead, Write};
@@ -10,10 +10,17 @@ use vellum_core::checkpoint::CheckpointKey;
 use vellum_server::ServerConfig;
 
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["bundle", "format"])))]
 pub(crate) struct ExportArgs {
     /// Write a verifiable bundle (events, checkpoint, inclusion proofs, public keys) to FILE.
     #[arg(long, value_name = "FILE")]
-    bundle: PathBuf,
+    bundle: Option<PathBuf>,
+    /// Export format: ndjson, json, csv, fhir, pdf (or bundle).
+    #[arg(long, value_name = "FORMAT")]
+    format: Option<String>,
+    /// Where to write (default: standard output; with --bundle, the bundle file).
+    #[arg(long, short, value_name = "FILE")]
+    output: Option<PathBuf>,
     /// Server URL (default: http://<listen address>).
     #[arg(long, value_name = "URL")]
     url: Option<String>,
@@ -31,15 +38,21 @@ pub(crate) fn export(config: &ServerConfig, args: &ExportArgs) -> anyhow::Result
         "{}/v1/export",
         crate::query::base_url(config, args.url.as_deref())
     );
-    let mut params: Vec<(String, String)> = vec![("format".into(), "bundle".into())];
+    let format = match (&args.bundle, &args.format) {
+        (Some(_), _) => "bundle".to_owned(),
+        (None, Some(f)) => f.clone(),
+        (None, None) => bail!("give --bundle FILE or --format FORMAT"),
+    };
+    let target: Option<PathBuf> = args.bundle.clone().or_else(|| args.output.clone());
+    let mut params: Vec<(String, String)> = vec![("format".into(), format.clone())];
     for filter in &args.filters {
         let Some((name, value)) = filter.split_once('=') else {
             bail!("filter {filter:?} must be NAME=VALUE, e.g. patientId=p-1");
         };
         params.push((name.to_owned(), value.to_owned()));
     }
-    // Written beside the target and renamed at the end, so FILE is never a partial bundle.
-    let partial = args.bundle.with_extension("partial");
+    // Written beside the target and renamed at the end, so FILE is never a partial export.
+    let partial = target.as_ref().map(|t| t.with_extension("partial"));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -60,10 +73,14 @@ pub(crate) fn export(config: &ServerConfig, args: &ExportArgs) -> anyhow::Result
                 .unwrap_or("no message");
             bail!("server answered {status}: {message}");
         }
-        let mut file = std::io::BufWriter::new(
-            std::fs::File::create(&partial)
-                .with_context(|| format!("creating {}", partial.display()))?,
-        );
+        let sink: Box<dyn Write> = match &partial {
+            Some(path) => Box::new(
+                std::fs::File::create(path)
+                    .with_context(|| format!("creating {}", path.display()))?,
+            ),
+            None => Box::new(std::io::stdout().lock()),
+        };
+        let mut file = std::io::BufWriter::new(sink);
         let mut bytes = 0u64;
         let mut tail: Vec<u8> = Vec::new();
         while let Some(chunk) = response
@@ -78,17 +95,14 @@ pub(crate) fn export(config: &ServerConfig, args: &ExportArgs) -> anyhow::Result
                 tail.drain(..tail.len() - 256);
             }
         }
-        let mut file = file.into_inner().map_err(|e| e.into_error())?;
         file.flush()?;
-        file.sync_all()?;
+        drop(file);
+        if let Some(path) = &partial {
+            std::fs::File::open(path)?.sync_all()?;
+        }
         let tail = String::from_utf8_lossy(&tail);
-        if !tail
-            .trim_end()
-            .rsplit('\n')
-            .next()
-            .unwrap_or("")
-            .contains("\"end\":true")
-        {
+        let last_line = tail.trim_end().rsplit('\n').next().unwrap_or("");
+        if format == "bundle" && !last_line.contains("\"end\":true") {
             bail!("the export stream ended without its end line; the bundle is incomplete");
         }
         Ok(bytes)
@@ -96,17 +110,25 @@ pub(crate) fn export(config: &ServerConfig, args: &ExportArgs) -> anyhow::Result
     let bytes = match written {
         Ok(b) => b,
         Err(e) => {
-            let _ = std::fs::remove_file(&partial);
+            if let Some(path) = &partial {
+                let _ = std::fs::remove_file(path);
+            }
             return Err(e);
         }
     };
-    std::fs::rename(&partial, &args.bundle)
-        .with_context(|| format!("renaming to {}", args.bundle.display()))?;
-    eprintln!(
-        "wrote {} ({bytes} bytes); check it anywhere with `vellum verify-bundle {}`",
-        args.bundle.display(),
-        args.bundle.display()
-    );
+    if let (Some(path), Some(target)) = (&partial, &target) {
+        std::fs::rename(path, target)
+            .with_context(|| format!("renaming to {}", target.display()))?;
+        if format == "bundle" {
+            eprintln!(
+                "wrote {} ({bytes} bytes); check it anywhere with `vellum verify-bundle {}`",
+                target.display(),
+                target.display()
+            );
+        } else {
+            eprintln!("wrote {} ({bytes} bytes)", target.display());
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
