@@ -180,6 +180,12 @@ impl CheckpointKey {
         })
     }
 
+    /// Checks an Ed25519 signature over arbitrary bytes made by [`CheckpointSigner::sign_bytes`]
+    /// (signed reports use this with their own context prefix).
+    pub fn verify_bytes(&self, message: &[u8], signature: &[u8; 64]) -> bool {
+        self.verify_raw(message, signature)
+    }
+
     /// Checks a signature over `body`.
     fn verify_raw(&self, body: &[u8], signature: &[u8; 64]) -> bool {
         let Ok(vk) = VerifyingKey::from_bytes(&self.public_key) else {
@@ -238,6 +244,13 @@ impl CheckpointSigner {
             name: self.name.clone(),
             public_key: self.key.verifying_key().to_bytes(),
         }
+    }
+
+    /// Signs arbitrary bytes. Callers must prefix their own context string so that a signature
+    /// made for one purpose can never be presented as another (checkpoint bodies start with
+    /// `vellum/`, reports with `vellum-report-v1`).
+    pub fn sign_bytes(&self, message: &[u8]) -> [u8; 64] {
+        self.key.sign(message).to_bytes()
     }
 
     /// Signs a checkpoint made at `timestamp`.

@@ -20,6 +20,7 @@ pub mod merkle;
 pub mod model;
 pub mod pipeline;
 pub mod redact;
+pub mod report;
 pub mod sanitize;
 pub mod tiles;
 pub mod time_fmt;
