@@ -15,7 +15,9 @@ pub mod config;
 pub mod error;
 pub mod export;
 pub mod ingest;
+pub mod pdf;
 pub mod proofs;
+pub mod reports;
 pub mod telemetry;
 pub mod verification;
 
@@ -57,6 +59,8 @@ pub struct AppState {
     pub keyring: Arc<HmacKeyring>,
     /// Public half of the key signing new checkpoints.
     pub checkpoint_key: vellum_core::checkpoint::CheckpointKey,
+    /// The Ed25519 signer (checkpoints in the writer; reports here).
+    pub signer: Arc<vellum_core::checkpoint::CheckpointSigner>,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -101,17 +105,21 @@ pub enum ServerError {
         proofs::get_proof,
         proofs::get_consistency,
         proofs::post_verify,
-        export::get_export
+        export::get_export,
+        reports::post_report,
+        reports::get_disclosures
     ),
     components(schemas(
         ingest::Receipt, api::BatchReceipt, api::AcceptedEntry, api::RejectedEntry,
         proofs::KeysResponse, proofs::PublishedKey, proofs::InclusionProof,
-        proofs::ConsistencyProof, proofs::VerifyRequest, verification::VerifyReport
+        proofs::ConsistencyProof, proofs::VerifyRequest, verification::VerifyReport,
+        reports::ReportRequest
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "events", description = "Ingest and search"),
         (name = "proofs", description = "Checkpoints, proofs and verification"),
+        (name = "reports", description = "Compliance reports and accounting of disclosures"),
         (name = "operations", description = "Health and metrics")
     )
 )]
@@ -178,6 +186,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/logs/{logId}/consistency", get(proofs::get_consistency))
         .route("/v1/verify", axum::routing::post(proofs::post_verify))
         .route("/v1/export", get(export::get_export))
+        .route("/v1/reports", axum::routing::post(reports::post_report))
+        .route("/v1/reports/disclosures", get(reports::get_disclosures))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics_text))
@@ -258,7 +268,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let (writer, ingest) = ingest::Writer::start(
         store.clone(),
         config.enable_signatures.then(|| keyring.clone()),
-        signer,
+        signer.clone(),
         ingest::WriterConfig {
             capacity: config.ingest_queue_events,
             max_batch: config.max_commit_batch,
@@ -275,6 +285,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         metrics: telemetry::prometheus(),
         keyring,
         checkpoint_key,
+        signer,
     };
     let listener = TcpListener::bind(config.listen)
         .await

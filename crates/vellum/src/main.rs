@@ -4,6 +4,7 @@
 mod bench;
 mod export;
 mod query;
+mod report;
 mod settings;
 mod verify;
 
@@ -43,6 +44,10 @@ enum Command {
     Export(export::ExportArgs),
     /// Check an export bundle offline: no server, no secret, no network.
     VerifyBundle(export::VerifyBundleArgs),
+    /// Generate a signed compliance report through a running server.
+    Report(report::ReportArgs),
+    /// Check a compliance report's signature offline.
+    VerifyReport(report::VerifyReportArgs),
     /// Load-test a running server with realistic synthetic events.
     Bench(bench::BenchArgs),
 }
@@ -103,6 +108,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             export::export(&config, &args)
         }
         Command::VerifyBundle(args) => export::verify_bundle(&args),
+        Command::Report(args) => {
+            let config = settings::load(&overrides)?;
+            report::report(&config, &args)
+        }
+        Command::VerifyReport(args) => {
+            let config = settings::load(&overrides)?;
+            report::verify_report_file(&config, &args)
+        }
         Command::Bench(args) => {
             let config = settings::load(&overrides)?;
             bench::run(&config, &args)

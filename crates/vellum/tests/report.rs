@@ -1,0 +1,177 @@
+//! Compliance reports and the accounting of disclosures end to end with the real binary:
+//! scores checked against a hand-computed fixture, the signature checked offline by
+//! `vellum verify-report` (and an edited report refused), and a disclosure list for one patient.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use common::Server;
+use serde_json::{Value, json};
+
+/// Four PHI events and one other. Hand computation for HIPAA (scope: PHI or healthcareContext):
+/// in scope a, b, c, d = 4; compliant: a and d = 2 → score 50.0. Gaps: b lacks
+/// sessionContext.ipAddress (1 = 25%), c lacks targetResourceId (1 = 25%). Violations: b is PHI
+/// without patientId (phi-access-without-patient 1); c is break-glass without justification
+/// (emergency-access-without-justification 1).
+fn fixture() -> Vec<Value> {
+    vec![
+        json!({"action": "fhir.patient.read", "status": "success", "principalId": "dr-1",
+               "targetResourceType": "Patient", "targetResourceId": "p-1", "dataClassification": "PHI",
+               "healthcareContext": {"patientId": "p-1", "clinicalJustification": "follow-up"},
+               "sessionContext": {"ipAddress": "10.0.0.1"}}),
+        json!({"action": "fhir.observation.read", "status": "success", "principalId": "dr-1",
+               "targetResourceType": "Observation", "targetResourceId": "o-1", "dataClassification": "PHI"}),
+        json!({"action": "fhir.patient.read", "status": "success", "principalId": "er-2",
+               "targetResourceType": "Patient", "dataClassification": "PHI",
+               "healthcareContext": {"patientId": "p-1", "emergencyAccess": true},
+               "sessionContext": {"ipAddress": "10.0.0.2"}}),
+        json!({"action": "fhir.patient.update", "status": "success", "principalId": "dr-3",
+               "targetResourceType": "Patient", "targetResourceId": "p-2", "dataClassification": "PHI",
+               "healthcareContext": {"patientId": "p-2"}, "sessionContext": {"ipAddress": "10.0.0.3"}}),
+        json!({"action": "app.start", "status": "success", "principalId": "svc"}),
+    ]
+}
+
+#[test]
+fn hipaa_report_matches_the_fixture_and_its_signature_holds() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let server = Server::start(&data);
+    let rt = common::runtime();
+    let acks = rt.block_on(common::post_batch(
+        &common::client(),
+        &server.url(),
+        &server.admin_key(),
+        fixture(),
+    ));
+    let report_file = tmp.path().join("hipaa.json");
+    let mut cmd = common::vellum(tmp.path());
+    cmd.args(["report", "--data-dir"])
+        .arg(&data)
+        .args(["--url", &server.url(), "--type", "HIPAA"])
+        .args([
+            "--from",
+            "2000-01-01T00:00:00Z",
+            "--to",
+            "2100-01-01T00:00:00Z",
+            "-o",
+        ])
+        .arg(&report_file);
+    let out = common::run(cmd, common::CLI_LIMIT);
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_file).unwrap()).unwrap();
+    assert_eq!(report["type"], "HIPAA");
+    assert_eq!(report["inScopeEvents"], 4);
+    assert_eq!(report["compliantEvents"], 2);
+    assert_eq!(report["complianceScore"], 50.0);
+    let gap = |field: &str| {
+        report["gaps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["field"] == field)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(gap("/sessionContext/ipAddress")["missing"], 1);
+    assert_eq!(gap("/sessionContext/ipAddress")["percent"], 25.0);
+    assert_eq!(gap("/targetResourceId")["missing"], 1);
+    assert_eq!(gap("/principalId")["missing"], 0);
+    let violations = report["violations"].as_array().unwrap();
+    let count = |rule: &str| {
+        violations
+            .iter()
+            .find(|v| v["rule"] == rule)
+            .map_or(0, |v| v["count"].as_u64().unwrap())
+    };
+    assert_eq!(count("phi-access-without-patient"), 1);
+    assert_eq!(count("emergency-access-without-justification"), 1);
+    assert_eq!(
+        violations
+            .iter()
+            .find(|v| v["rule"] == "phi-access-without-patient")
+            .unwrap()["examples"][0],
+        acks[1].id.as_str()
+    );
+    assert!(report["integrity"]["ok"].as_bool().unwrap());
+    assert!(report["integrity"]["checkpoints"][0]["note"].is_string());
+    assert!(!report["recommendations"].as_array().unwrap().is_empty());
+
+    // Offline signature check (key from the data dir), then an edited copy.
+    let verify = |file: &std::path::Path, extra: &[&str]| {
+        let mut cmd = common::vellum(tmp.path());
+        cmd.args(["verify-report", "--data-dir"])
+            .arg(&data)
+            .arg(file)
+            .args(extra);
+        common::run(cmd, common::CLI_LIMIT)
+    };
+    let out = verify(&report_file, &[]);
+    assert!(out.status.success(), "{}", common::text(&out.stdout));
+    assert!(common::text(&out.stdout).contains("OK: HIPAA report"));
+    let mut edited = report.clone();
+    edited["complianceScore"] = json!(100.0);
+    let edited_file = tmp.path().join("edited.json");
+    std::fs::write(&edited_file, serde_json::to_string_pretty(&edited).unwrap()).unwrap();
+    let out = verify(&edited_file, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(common::text(&out.stdout).contains("altered"));
+    let out = verify(
+        &report_file,
+        &[
+            "--public-key",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+
+    // Accounting of disclosures for p-1: events a and c, oldest first, with who/what/why.
+    let body: Value = rt.block_on(async {
+        common::client()
+            .get(format!("{}/v1/reports/disclosures", server.url()))
+            .query(&[("patientId", "p-1")])
+            .bearer_auth(server.admin_key())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert_eq!(body["count"], 2, "{body}");
+    let first = &body["disclosures"][0];
+    assert_eq!(first["eventId"], acks[0].id.as_str());
+    assert_eq!(first["who"], "dr-1");
+    assert_eq!(first["what"], "fhir.patient.read Patient/p-1");
+    assert_eq!(first["why"], "follow-up");
+    assert_eq!(body["disclosures"][1]["emergencyAccess"], true);
+
+    // Bad input: unknown type, reversed period, missing patient.
+    let status = |req: reqwest::RequestBuilder| {
+        rt.block_on(async { req.send().await.unwrap().status().as_u16() })
+    };
+    let c = common::client();
+    let key = server.admin_key();
+    assert_eq!(
+        status(c.post(format!("{}/v1/reports", server.url())).bearer_auth(&key).json(
+            &json!({"type": "ISO", "from": "2000-01-01T00:00:00Z", "to": "2001-01-01T00:00:00Z"})
+        )),
+        400
+    );
+    assert_eq!(
+        status(c.post(format!("{}/v1/reports", server.url())).bearer_auth(&key).json(
+            &json!({"type": "SOX", "from": "2001-01-01T00:00:00Z", "to": "2000-01-01T00:00:00Z"})
+        )),
+        400
+    );
+    assert_eq!(
+        status(
+            c.get(format!("{}/v1/reports/disclosures", server.url()))
+                .bearer_auth(&key)
+        ),
+        400
+    );
+    server.terminate();
+}
