@@ -22,8 +22,8 @@ pub(crate) fn pdf_response(bytes: Vec<u8>, file_name: &str) -> Response {
 }
 
 /// A compliance report as PDF.
-pub(crate) fn report_pdf(_report: &ComplianceReport) -> Vec<u8> {
-    Vec::new()
+pub(crate) fn report_pdf(_report: &ComplianceReport) -> Result<Vec<u8>, ApiError> {
+    Err(not_yet())
 }
 
 /// An accounting of disclosures as PDF.
@@ -32,6 +32,13 @@ pub(crate) fn disclosures_pdf(
     _from: &str,
     _to: &str,
     _lines: &[Disclosure],
-) -> Vec<u8> {
-    Vec::new()
+) -> Result<Vec<u8>, ApiError> {
+    Err(not_yet())
+}
+
+fn not_yet() -> ApiError {
+    ApiError::bad_request(
+        "format",
+        "PDF output is not available in this build yet; use json",
+    )
 }
