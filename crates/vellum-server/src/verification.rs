@@ -163,21 +163,38 @@ fn verify_log(
     let mut verifier = ChainVerifier::new(log_id, keyring)
         .require_signatures(options.require_signatures)
         .with_checkpoints(signed);
-    let mut from = 0u64;
+    // A reader thread fetches the next chunk from SQLite while this one is hashed (on every
+    // core) and checked in order: reading is ~15% of the work and would otherwise stall the
+    // hashing.
     let mut tiles_ok = true;
-    loop {
-        let rows = store.scan_log(log_id, from, CHUNK)?;
-        let Some(last) = rows.last() else { break };
-        from = last.seq + 1;
-        for (row, facts) in rows.iter().zip(parallel_facts(log_id, keyring, &rows)) {
-            verifier.check_facts(row.seq, &row.hash, facts);
+    std::thread::scope(|scope| -> Result<(), StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<StoredEvent>, StoreError>>(1);
+        scope.spawn(move || {
+            let mut from = 0u64;
+            loop {
+                let rows = store.scan_log(log_id, from, CHUNK);
+                let done = match &rows {
+                    Ok(r) => {
+                        from = r.last().map_or(from, |l| l.seq + 1);
+                        r.len() < CHUNK
+                    }
+                    Err(_) => true,
+                };
+                if tx.send(rows).is_err() || done {
+                    return;
+                }
+            }
+        });
+        for rows in rx {
+            let rows = rows?;
+            for (row, facts) in rows.iter().zip(parallel_facts(log_id, keyring, &rows)) {
+                verifier.check_facts(row.seq, &row.hash, facts);
+            }
+            compare_tiles(store, log_id, &mut verifier, &mut tiles_ok)?;
+            progress(rows.len() as u64);
         }
-        compare_tiles(store, log_id, &mut verifier, &mut tiles_ok)?;
-        progress(rows.len() as u64);
-        if rows.len() < CHUNK {
-            break;
-        }
-    }
+        Ok(())
+    })?;
     compare_tiles(store, log_id, &mut verifier, &mut tiles_ok)?;
     for failure in problems {
         verifier.report(failure);
