@@ -142,6 +142,13 @@ pub async fn get_export(
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let store = state.store.clone();
     tokio::task::spawn_blocking(move || {
+        if format == ExportFormat::Pdf {
+            if let Err(e) = write_pdf_export(store, header, snapshot, query, tx.clone()) {
+                tracing::warn!(error = %e, "PDF export stopped before its end");
+                let _ = tx.blocking_send(Err(std::io::Error::other(e)));
+            }
+            return;
+        }
         let encoder: Box<dyn Encoder> = match format {
             ExportFormat::Bundle => Box::new(BundleEncoder {
                 header: Some(header),
@@ -156,6 +163,7 @@ pub async fn get_export(
                 observer,
                 first: true,
             }),
+            ExportFormat::Pdf => return,
         };
         if let Err(e) = write_export(store, encoder, format, snapshot, query, &tx) {
             tracing::warn!(error = %e, "export stopped before its end");
@@ -192,6 +200,8 @@ pub enum ExportFormat {
     Csv,
     /// FHIR R4 `Bundle` (type `collection`) of `AuditEvent`.
     Fhir,
+    /// Paginated tables with a header of query, period, count and checkpoint.
+    Pdf,
 }
 
 impl ExportFormat {
@@ -203,6 +213,7 @@ impl ExportFormat {
             "json" => Self::Json,
             "csv" => Self::Csv,
             "fhir" => Self::Fhir,
+            "pdf" => Self::Pdf,
             _ => return None,
         })
     }
@@ -215,6 +226,7 @@ impl ExportFormat {
             Self::Json => "json",
             Self::Csv => "csv",
             Self::Fhir => "fhir",
+            Self::Pdf => "pdf",
         }
     }
 
@@ -224,6 +236,7 @@ impl ExportFormat {
             Self::Json => "application/json",
             Self::Csv => "text/csv; charset=utf-8",
             Self::Fhir => "application/fhir+json",
+            Self::Pdf => "application/pdf",
         }
     }
 
@@ -234,6 +247,7 @@ impl ExportFormat {
             Self::Json => "json",
             Self::Csv => "csv",
             Self::Fhir => "fhir.json",
+            Self::Pdf => "pdf",
         }
     }
 }
@@ -480,4 +494,115 @@ fn write_export(
     encoder.end(&mut buffer, written)?;
     metrics::counter!("vellum_exported_events_total", "format" => format.name()).increment(written);
     flush(&mut buffer)
+}
+
+/// The PDF export: a header block (query, period, count, checkpoints) and one table row per
+/// event, streamed page by page into the response. The count is only known at the end, so it
+/// is printed after the table (the header says where to find it).
+fn write_pdf_export(
+    store: Arc<dyn AuditStore>,
+    header: BundleHeader,
+    snapshot: HashMap<String, u64>,
+    mut query: SearchQuery,
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+) -> Result<(), String> {
+    use vellum_pdf::{Column, PdfWriter};
+    let e = |e: vellum_pdf::PdfError| e.to_string();
+    let mut pdf = PdfWriter::new(crate::pdf::ChannelWrite::new(tx), "Vellum audit export");
+    let period = match (&header.query.get("from"), &header.query.get("to")) {
+        (Some(f), Some(t)) => format!(
+            "{} to {}",
+            f.as_str().unwrap_or(""),
+            t.as_str().unwrap_or("")
+        ),
+        (Some(f), None) => format!("from {}", f.as_str().unwrap_or("")),
+        (None, Some(t)) => format!("until {}", t.as_str().unwrap_or("")),
+        (None, None) => "all time".to_owned(),
+    };
+    let filters = header
+        .query
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join("  ")
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "(none: every event)".to_owned());
+    pdf.meta("Query", &filters).map_err(e)?;
+    pdf.meta("Period", &period).map_err(e)?;
+    pdf.meta("Generated", &header.created_at).map_err(e)?;
+    pdf.meta("Count", "see the end of the table").map_err(e)?;
+    for cp in &header.checkpoints {
+        pdf.meta("Checkpoint", &crate::pdf::checkpoint_line(cp))
+            .map_err(e)?;
+    }
+    let columns = [
+        Column::new("Timestamp", 2.9),
+        Column::new("Seq", 0.8).right(),
+        Column::new("Action", 2.3),
+        Column::new("Status", 0.9),
+        Column::new("Principal", 1.6),
+        Column::new("Target", 1.9),
+        Column::new("Class", 1.5),
+        Column::new("Outcome", 2.3).wrap(),
+        Column::new("Hash", 1.7),
+    ];
+    let mut written = 0u64;
+    {
+        let mut table = pdf.begin_table(&columns).map_err(e)?;
+        query.limit = PAGE;
+        query.cursor = None;
+        loop {
+            let page = store.search(&query).map_err(|e| e.to_string())?;
+            for event in &page.events {
+                let Some(&size) = snapshot.get(&event.log_id) else {
+                    continue;
+                };
+                if event.seq >= size {
+                    continue;
+                }
+                let v: serde_json::Value =
+                    serde_json::from_str(&event.to_api_json()).map_err(|e| e.to_string())?;
+                let s = |p: &str| {
+                    v.pointer(p)
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or("")
+                        .to_owned()
+                };
+                let target = match (s("/targetResourceType"), s("/targetResourceId")) {
+                    (t, i) if i.is_empty() => t,
+                    (t, i) => format!("{t}/{i}"),
+                };
+                let hash = s("/hash");
+                table
+                    .row(&[
+                        s("/timestamp"),
+                        event.seq.to_string(),
+                        s("/action"),
+                        s("/status"),
+                        s("/principalId"),
+                        target,
+                        s("/dataClassification"),
+                        s("/outcomeDescription"),
+                        hash.get(..16).unwrap_or(&hash).to_owned(),
+                    ])
+                    .map_err(e)?;
+                written += 1;
+            }
+            match page.next_cursor {
+                Some(c) => query.cursor = Some(c),
+                None => break,
+            }
+        }
+        table.end();
+    }
+    pdf.paragraph(&format!(
+        "{written} events. Hashes are shortened to 16 hex digits; the full event, its hash and its inclusion proof come with GET /v1/export?format=bundle."
+    ))
+    .map_err(e)?;
+    metrics::counter!("vellum_exported_events_total", "format" => "pdf").increment(written);
+    let mut sink = pdf.finish().map_err(e)?;
+    std::io::Write::flush(&mut sink).map_err(|e| e.to_string())
 }

@@ -38,6 +38,28 @@ fn python_has(module: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+fn tool_exists(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("-v")
+        .output()
+        .is_ok_and(|o| o.status.success() || !o.stderr.is_empty())
+}
+
+fn pdf_text(path: &Path) -> String {
+    let out = Command::new("pdftotext")
+        .args(["-layout"])
+        .arg(path)
+        .arg("-")
+        .output()
+        .expect("pdftotext");
+    assert!(
+        out.status.success(),
+        "pdftotext failed: {}",
+        common::text(&out.stderr)
+    );
+    common::text(&out.stdout)
+}
+
 fn require_or_skip(what: &str) -> bool {
     if std::env::var_os("VELLUM_REQUIRE_SERVICES").is_some_and(|v| v == "1") {
         panic!("{what} is required (VELLUM_REQUIRE_SERVICES=1) but missing");
@@ -203,6 +225,40 @@ fn every_format_exports_the_selection_faithfully() {
             common::text(&py.stderr)
         );
         assert_eq!(common::text(&py.stdout).trim(), "30");
+    }
+
+    // PDF: readable tables with the query, period, checkpoint and count, checked as text.
+    let path = export(tmp.path(), &data, &url, "pdf", &filter);
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.starts_with(b"%PDF-"), "not a PDF");
+    if tool_exists("pdftotext") || require_or_skip("pdftotext (poppler-utils)") {
+        let text = pdf_text(&path);
+        assert!(text.contains("Vellum audit export"), "{text}");
+        assert!(text.contains("action=export.*"), "query missing: {text}");
+        assert!(
+            text.contains("Checkpoint") && text.contains("log default size"),
+            "{text}"
+        );
+        assert!(text.contains("30 events."), "count missing: {text}");
+        assert!(text.contains("export.patient.read") && text.contains(&acks[4].hash[..16]));
+        assert!(text.contains("Page 1 of"), "{text}");
+        let png = tmp.path().join("page");
+        let status = Command::new("pdftoppm")
+            .args(["-png", "-r", "50", "-f", "1", "-l", "1"])
+            .arg(&path)
+            .arg(&png)
+            .status()
+            .expect("pdftoppm");
+        assert!(status.success());
+        let rendered = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .find(|e| e.file_name().to_string_lossy().starts_with("page"))
+            .expect("a rendered page");
+        assert!(
+            rendered.metadata().unwrap().len() > 10_000,
+            "page 1 renders nearly blank"
+        );
     }
 
     // Unknown formats are refused with the field named.

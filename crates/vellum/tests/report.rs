@@ -148,6 +148,82 @@ fn hipaa_report_matches_the_fixture_and_its_signature_holds() {
     assert_eq!(first["why"], "follow-up");
     assert_eq!(body["disclosures"][1]["emergencyAccess"], true);
 
+    // The same report and the disclosures as PDF, read back as text.
+    let pdf_file = tmp.path().join("hipaa.pdf");
+    let mut cmd = common::vellum(tmp.path());
+    cmd.args(["report", "--data-dir"])
+        .arg(&data)
+        .args(["--url", &server.url(), "--type", "HIPAA", "--format", "pdf"])
+        .args([
+            "--from",
+            "2000-01-01T00:00:00Z",
+            "--to",
+            "2100-01-01T00:00:00Z",
+            "-o",
+        ])
+        .arg(&pdf_file);
+    let out = common::run(cmd, common::CLI_LIMIT);
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let disclosures_pdf = rt.block_on(async {
+        common::client()
+            .get(format!("{}/v1/reports/disclosures", server.url()))
+            .query(&[("patientId", "p-1"), ("format", "pdf")])
+            .bearer_auth(server.admin_key())
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+    });
+    let disclosures_file = tmp.path().join("disclosures.pdf");
+    std::fs::write(&disclosures_file, &disclosures_pdf).unwrap();
+    let has_pdftotext = std::process::Command::new("pdftotext")
+        .arg("-v")
+        .output()
+        .is_ok();
+    if !has_pdftotext && std::env::var_os("VELLUM_REQUIRE_SERVICES").is_some_and(|v| v == "1") {
+        panic!("pdftotext (poppler-utils) is required under VELLUM_REQUIRE_SERVICES=1");
+    }
+    if has_pdftotext {
+        let text = |path: &std::path::Path| {
+            let out = std::process::Command::new("pdftotext")
+                .args(["-layout"])
+                .arg(path)
+                .arg("-")
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            common::text(&out.stdout)
+        };
+        let report_text = text(&pdf_file);
+        assert!(
+            report_text.contains("HIPAA compliance report"),
+            "{report_text}"
+        );
+        assert!(
+            report_text.contains("compliance score 50%"),
+            "{report_text}"
+        );
+        assert!(
+            report_text.contains("phi-access-without-patient"),
+            "{report_text}"
+        );
+        assert!(report_text.contains("Signature") && report_text.contains("Ed25519"));
+        let d_text = text(&disclosures_file);
+        assert!(
+            d_text.contains("Accounting of disclosures: patient p-1"),
+            "{d_text}"
+        );
+        assert!(
+            d_text.contains("dr-1") && d_text.contains("follow-up"),
+            "{d_text}"
+        );
+        assert!(d_text.contains(&acks[2].id), "{d_text}");
+    } else {
+        eprintln!("SKIP: pdftotext missing; PDF text not checked");
+    }
+
     // Bad input: unknown type, reversed period, missing patient.
     let status = |req: reqwest::RequestBuilder| {
         rt.block_on(async { req.send().await.unwrap().status().as_u16() })
