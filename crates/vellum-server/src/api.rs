@@ -46,6 +46,29 @@ impl FromRequestParts<AppState> for Auth {
     }
 }
 
+/// Query parameters as a map, with errors in the SPEC §5 JSON format: a malformed query string
+/// or a parameter given twice is a 400 naming it (axum's own rejection is plain text, and a
+/// repeated filter silently keeping one value would make a search mean something else).
+pub struct Params(pub BTreeMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(pairs): Query<Vec<(String, String)>> = Query::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request("", format!("malformed query string: {e}")))?;
+        let mut map = BTreeMap::new();
+        for (name, value) in pairs {
+            if map.contains_key(&name) {
+                return Err(ApiError::bad_request(&name, "is given more than once"));
+            }
+            map.insert(name, value);
+        }
+        Ok(Params(map))
+    }
+}
+
 pub(crate) fn json_response(status: StatusCode, body: String) -> Response {
     (
         status,
@@ -151,12 +174,15 @@ fn valid_idempotency_key(key: &str) -> bool {
 pub async fn post_events(
     State(state): State<AppState>,
     Auth(principal): Auth,
-    Query(params): Query<IngestParams>,
+    Params(params): Params,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     principal.require(Role::Ingest)?;
-    let wait_checkpoint = match params.wait.as_deref() {
+    if let Some(name) = params.keys().find(|k| k.as_str() != "wait") {
+        return Err(ApiError::bad_request(name, "unknown parameter"));
+    }
+    let wait_checkpoint = match params.get("wait").map(String::as_str) {
         None | Some("committed") => false,
         Some("checkpoint") => true,
         Some(_) => {
@@ -538,7 +564,7 @@ pub async fn search_events(
     State(state): State<AppState>,
     Auth(principal): Auth,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(params): Query<BTreeMap<String, String>>,
+    Params(params): Params,
 ) -> Result<Response, ApiError> {
     principal.require(Role::Reader)?;
     let mut query = parse_search(&params)?;

@@ -10,18 +10,18 @@
 //! its trailer line, which every verifier reports as a truncated bundle.
 
 use crate::AppState;
-use crate::api::{Auth, parse_search, record_read, scope_query};
+use crate::api::{Auth, Params, parse_search, record_read, scope_query};
 use crate::auth::Role;
 use crate::error::ApiError;
 use crate::proofs::inclusion_from_store;
 use crate::verification::known_keys;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::json;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -59,7 +59,7 @@ pub async fn get_export(
     State(state): State<AppState>,
     Auth(principal): Auth,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(mut params): Query<BTreeMap<String, String>>,
+    Params(mut params): Params,
 ) -> Result<Response, ApiError> {
     principal.require(Role::Reader)?;
     let format = match params.remove("format").as_deref() {

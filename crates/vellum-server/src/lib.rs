@@ -193,6 +193,15 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(api::metrics_text))
         .route("/openapi.json", get(openapi_json))
         .route_layer(middleware::from_fn_with_state(state.clone(), track_latency))
+        // Unknown routes and methods answer in the SPEC §5 error format too.
+        .fallback(|| async { error::ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            error::ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not accept that method",
+            )
+        })
         .with_state(state)
 }
 

@@ -7,11 +7,11 @@
 //! C2SP format requires.
 
 use crate::AppState;
-use crate::api::{Auth, json_response, record_read, visible_to};
+use crate::api::{Auth, Params, json_response, record_read, visible_to};
 use crate::auth::{Principal, Role};
 use crate::error::ApiError;
 use crate::verification::{VerifyOptions, VerifyReport, known_keys, verify_store};
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
@@ -181,7 +181,7 @@ pub async fn get_checkpoint(
     State(state): State<AppState>,
     Auth(principal): Auth,
     Path(log_id): Path<String>,
-    Query(params): Query<BTreeMap<String, String>>,
+    Params(params): Params,
 ) -> Result<Response, ApiError> {
     principal.require(Role::Reader)?;
     require_log_access(&principal, &log_id)?;
@@ -301,7 +301,7 @@ pub async fn get_proof(
     Auth(principal): Auth,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
-    Query(params): Query<BTreeMap<String, String>>,
+    Params(params): Params,
 ) -> Result<Response, ApiError> {
     principal.require(Role::Reader)?;
     reject_unknown(&params, &["treeSize"])?;
@@ -393,7 +393,7 @@ pub async fn get_consistency(
     State(state): State<AppState>,
     Auth(principal): Auth,
     Path(log_id): Path<String>,
-    Query(params): Query<BTreeMap<String, String>>,
+    Params(params): Params,
 ) -> Result<Response, ApiError> {
     principal.require(Role::Reader)?;
     require_log_access(&principal, &log_id)?;

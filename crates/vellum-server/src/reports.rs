@@ -8,16 +8,15 @@
 //! the audit log and is itself audited.
 
 use crate::AppState;
-use crate::api::{Auth, json_response, record_read, scope_query};
+use crate::api::{Auth, Params, json_response, record_read, scope_query};
 use crate::auth::{Principal, Role};
 use crate::error::ApiError;
 use crate::verification::{VerifyOptions, known_keys, verify_store};
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use utoipa::ToSchema;
@@ -241,7 +240,7 @@ pub async fn get_disclosures(
     State(state): State<AppState>,
     Auth(principal): Auth,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(params): Query<BTreeMap<String, String>>,
+    Params(params): Params,
 ) -> Result<Response, ApiError> {
     principal.require(Role::Auditor)?;
     if let Some(name) = params

@@ -1237,6 +1237,8 @@ async fn search_rejects_bad_parameters() {
         (vec![("cursor", "eHl6")], "cursor"),
         (vec![("status", "done")], "status"),
         (vec![("dataClassification", "SECRET")], "dataClassification"),
+        // A repeated filter is refused rather than silently keeping one value.
+        (vec![("action", "a.b"), ("action", "x.y")], "action"),
     ];
     for (params, name) in cases {
         let response = ts.search_raw(&params).await;
@@ -1262,6 +1264,54 @@ async fn search_rejects_bad_parameters() {
         let page = ts.search(&[("limit", limit), ("action", "a.b")]).await;
         assert_eq!(ids_of(&page).len(), 1);
     }
+}
+
+/// Unknown routes, wrong methods and unknown ingest parameters answer in the SPEC §5 JSON error
+/// format like everything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_routes_methods_and_params_are_json_errors() {
+    let ts = TestServer::start().await;
+    let response = TestServer::send(ts.get("/v1/nothing-here")).await;
+    assert_eq!(response.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        response.body["error"]["code"], "not_found",
+        "{}",
+        response.body
+    );
+    let response = TestServer::send(
+        ts.client
+            .delete(format!("{}/v1/events", ts.base))
+            .bearer_auth(&ts.key),
+    )
+    .await;
+    assert_eq!(response.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        response.body["error"]["code"], "method_not_allowed",
+        "{}",
+        response.body
+    );
+    let response = TestServer::send(
+        ts.client
+            .post(format!("{}/v1/events?wiat=committed", ts.base))
+            .bearer_auth(&ts.key)
+            .json(&event("a.b", "success")),
+    )
+    .await;
+    assert_eq!(
+        response.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        response.body
+    );
+    assert_eq!(response.error_paths(), vec!["wiat".to_owned()]);
+    let response = TestServer::send(
+        ts.client
+            .post(format!("{}/v1/events?wait=later", ts.base))
+            .bearer_auth(&ts.key)
+            .json(&event("a.b", "success")),
+    )
+    .await;
+    assert_eq!(response.error_paths(), vec!["wait".to_owned()]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
