@@ -210,16 +210,34 @@ fn fill(
                     let batch: Vec<Submission> = (0..n)
                         .map(|i| {
                             let k = task * per_task + done + i;
-                            let action = ["patient.read", "patient.update", "order.create"]
-                                [(k % 3) as usize];
+                            // Realistic enough for search benchmarks: 40 actions, ~1000
+                            // principals, 100k patients, timestamps spread over a year,
+                            // a sentence for full text.
+                            let verbs = ["read", "search", "update", "create", "delete"];
+                            let nouns = [
+                                "patient", "observation", "encounter", "medication",
+                                "condition", "procedure", "allergy", "immunization",
+                            ];
+                            let action = format!(
+                                "fhir.{}.{}",
+                                nouns[(k % 8) as usize],
+                                verbs[((k / 8) % 5) as usize]
+                            );
+                            let status = if k % 50 == 0 { "failure" } else { "success" };
+                            let ts = time::OffsetDateTime::UNIX_EPOCH
+                                + time::Duration::seconds(1_763_856_000 + ((k * 7_919) % 31_536_000) as i64);
                             let event = serde_json::json!({
                                 "action": action,
-                                "status": "success",
+                                "status": status,
+                                "timestamp": vellum_core::time_fmt::format_server_time(ts),
                                 "principalId": format!("dr-{}", k % 997),
                                 "organizationId": format!("org-{}", k % 7),
                                 "targetResourceType": "Patient",
                                 "targetResourceId": format!("p-{}", k % 100_003),
-                                "dataClassification": "PHI",
+                                "dataClassification": if k % 3 == 0 { "PHI" } else { "CONFIDENTIAL" },
+                                "healthcareContext": {"patientId": format!("p-{}", k % 100_003)},
+                                "sessionContext": {"ipAddress": format!("10.{}.{}.{}", k % 7, k % 251, k % 13), "sessionId": format!("s-{}", k / 20)},
+                                "outcomeDescription": format!("{} {} record {} for ward {}", ["viewed", "amended", "exported", "printed"][(k % 4) as usize], nouns[(k % 8) as usize], k % 100_003, k % 41),
                             });
                             Submission {
                                 event: pipeline.prepare(event, 0, now).unwrap(),
