@@ -1,11 +1,28 @@
 //! The search index (`index.db`): derived from the log, maintained just behind it.
 //!
 //! Layout: `ev` holds one row per event (`pos` = the log's row id) with the filterable fields
-//! and `ts` (event `timestamp` in Unix µs); each filter has an index on `(field, ts)` so that a
-//! filtered, newest-first page is an index range scan. `fts` is a contentless FTS5 table over
-//! the event's free text, keyed by the same `pos`. `state.indexed_pos` is the last log position
-//! indexed, updated in the same transaction as the rows, so a crash never leaves the index
-//! claiming rows it lacks.
+//! and `ts` (event `timestamp` in Unix µs). `fts` is a contentless FTS5 table keyed by the same
+//! `pos`, with two columns: `text` (the event's free text, for `q`) and `tags` (one exact-match
+//! token per high-cardinality filter value, see [`tag_token`]). `state.indexed_pos` is the last
+//! log position indexed, updated in the same transaction as the rows, so a crash never leaves
+//! the index claiming rows it lacks.
+//!
+//! Which filter uses which structure (measured, BENCHMARKS.md "Ingest (issue 2)"):
+//! - `ts`, `action`, `status`, `dataClassification`, `organizationId`, `targetResourceType`,
+//!   `principalId` have a B-tree on `(field, ts)`, so a filtered, newest-first page is an index
+//!   range scan. These fields have few distinct values, so new rows land at the right edge of
+//!   a few groups and the pages an index transaction touches stay in the page cache.
+//! - `targetResourceId`, `sessionId`, `ipAddress`, `patientId`, `dataSubjectId`,
+//!   `correlationId` are (nearly) unique per event. A B-tree on each of them made every new row
+//!   touch a random leaf page per index: once the index outgrew the page cache, each index
+//!   transaction rewrote one page per row per index (WAL and checkpoint), and the indexer fell
+//!   from 16k to under 7k rows/s at 1M events — far behind a 50k events/s log. They are
+//!   indexed instead as tokens in the FTS5 `tags` column: FTS5 buffers a transaction's tokens
+//!   and writes them as one sorted segment (merged later, sequentially), so its cost does not
+//!   grow with the index. A query on such a field finds the candidate rows through the tag and
+//!   still compares the stored value exactly (`ev` keeps every field), so a hash collision can
+//!   never return a wrong event; matches of such a value are few by nature, so sorting them by
+//!   `ts` is cheap.
 
 use crate::StoreError;
 use crate::model::{SearchPage, SearchQuery, StoredEvent};
@@ -59,6 +76,52 @@ fn collect_text(value: &Value, out: &mut String) {
         Value::Array(items) => items.iter().for_each(|v| collect_text(v, out)),
         Value::Object(map) => map.values().for_each(|v| collect_text(v, out)),
         _ => {}
+    }
+}
+
+/// The exact-match token of a high-cardinality filter value in the FTS `tags` column: a
+/// one-letter field prefix and 64 bits of SHA-256 of the value in hex. Lowercase letters and
+/// digits only, so FTS5's tokenizer keeps it whole; stable across versions (the index
+/// persists). A collision only adds a candidate that the exact column comparison then drops.
+pub(crate) fn tag_token(field: char, value: &str) -> String {
+    let digest = vellum_core::integrity::sha256(value.as_bytes());
+    let mut token = String::with_capacity(17);
+    token.push(field);
+    token.push_str(&hex::encode(&digest[..8]));
+    token
+}
+
+/// The high-cardinality filters indexed as FTS tags: (column of `ev`, tag prefix).
+pub(crate) const TAG_COLUMNS: [(&str, char); 6] = [
+    ("target_id", 't'),
+    ("session_id", 's'),
+    ("ip", 'i'),
+    ("patient_id", 'p'),
+    ("subject_id", 'd'),
+    ("correlation_id", 'c'),
+];
+
+impl IndexRow {
+    /// The `tags` column text: one token per present high-cardinality field.
+    fn tags(&self) -> String {
+        let values = [
+            &self.target_id,
+            &self.session_id,
+            &self.ip,
+            &self.patient_id,
+            &self.subject_id,
+            &self.correlation_id,
+        ];
+        let mut tags = String::new();
+        for ((_, prefix), value) in TAG_COLUMNS.iter().zip(values) {
+            if let Some(value) = value {
+                if !tags.is_empty() {
+                    tags.push(' ');
+                }
+                tags.push_str(&tag_token(*prefix, value));
+            }
+        }
+        tags
     }
 }
 
@@ -135,7 +198,8 @@ pub(crate) fn index_more(
                 patient_id, subject_id, correlation_id)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         )?;
-        let mut insert_text = tx.prepare_cached("INSERT INTO fts (rowid, text) VALUES (?1, ?2)")?;
+        let mut insert_text =
+            tx.prepare_cached("INSERT INTO fts (rowid, text, tags) VALUES (?1, ?2, ?3)")?;
         for (pos, body) in &rows {
             // A row that does not parse is indexed as empty rather than stopping the index;
             // `vellum verify` reports it.
@@ -157,8 +221,9 @@ pub(crate) fn index_more(
                 fields.subject_id,
                 fields.correlation_id,
             ])?;
-            if !fields.text.is_empty() {
-                insert_text.execute(params![pos, fields.text])?;
+            let tags = fields.tags();
+            if !fields.text.is_empty() || !tags.is_empty() {
+                insert_text.execute(params![pos, fields.text, tags])?;
             }
         }
         tx.execute(
@@ -186,8 +251,9 @@ pub(crate) fn indexed_pos(conn: &Connection) -> Result<i64, StoreError> {
     Ok(value.unwrap_or(0))
 }
 
-/// Turns free text into a safe FTS5 query: each whitespace-separated term becomes a quoted
-/// phrase (so FTS5 operators in user input are literal), all terms must match.
+/// Turns free text into a safe FTS5 query over the `text` column: each whitespace-separated
+/// term becomes a quoted phrase (so FTS5 operators in user input are literal), all terms must
+/// match. (The column filter keeps `q` off the `tags` column.)
 ///
 /// C0 control characters other than tab and newline are dropped first, as sanitization drops
 /// them from stored text (so the query means what it would mean against the stored form);
@@ -205,7 +271,7 @@ pub(crate) fn fts_query(q: &str) -> Option<String> {
         };
     let terms: Vec<String> = cleaned
         .split_whitespace()
-        .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
+        .map(|t| format!("text : \"{}\"", t.replace('"', "\"\"")))
         .collect();
     if terms.is_empty() {
         None
@@ -273,12 +339,21 @@ pub(crate) fn search(conn: &Connection, query: &SearchQuery) -> Result<SearchPag
         "target_type",
         &query.target_resource_type,
     );
-    eq(&mut sql, &mut args, "target_id", &query.target_resource_id);
-    eq(&mut sql, &mut args, "session_id", &query.session_id);
-    eq(&mut sql, &mut args, "ip", &query.ip_address);
-    eq(&mut sql, &mut args, "patient_id", &query.patient_id);
-    eq(&mut sql, &mut args, "subject_id", &query.data_subject_id);
-    eq(&mut sql, &mut args, "correlation_id", &query.correlation_id);
+    // High-cardinality filters: candidates through their FTS tag, then the exact value.
+    let mut fts_terms: Vec<String> = Vec::new();
+    for ((column, prefix), value) in TAG_COLUMNS.iter().zip([
+        &query.target_resource_id,
+        &query.session_id,
+        &query.ip_address,
+        &query.patient_id,
+        &query.data_subject_id,
+        &query.correlation_id,
+    ]) {
+        if let Some(value) = value {
+            fts_terms.push(format!("tags : {}", tag_token(*prefix, value)));
+            eq(&mut sql, &mut args, column, &Some(value.clone()));
+        }
+    }
     if let Some(action) = &query.action {
         if let Some(prefix) = action.strip_suffix('*') {
             args.push(Box::new(prefix.to_owned()));
@@ -299,7 +374,10 @@ pub(crate) fn search(conn: &Connection, query: &SearchQuery) -> Result<SearchPag
         sql.push_str(&format!(" AND i.ts < ?{}", args.len()));
     }
     if let Some(q) = query.q.as_deref().and_then(fts_query) {
-        args.push(Box::new(q));
+        fts_terms.push(q);
+    }
+    if !fts_terms.is_empty() {
+        args.push(Box::new(fts_terms.join(" AND ")));
         sql.push_str(&format!(
             " AND i.pos IN (SELECT rowid FROM fts WHERE fts MATCH ?{})",
             args.len()
@@ -365,17 +443,17 @@ mod tests {
         assert_eq!(fts_query("  "), None);
         assert_eq!(
             fts_query("alice OR \"x"),
-            Some("\"alice\" AND \"OR\" AND \"\"\"x\"".to_owned())
+            Some("text : \"alice\" AND text : \"OR\" AND text : \"\"\"x\"".to_owned())
         );
     }
 
     #[test]
     fn fts_query_drops_control_characters() {
-        assert_eq!(fts_query("ze\u{0}bra"), Some("\"zebra\"".to_owned()));
+        assert_eq!(fts_query("ze\u{0}bra"), Some("text : \"zebra\"".to_owned()));
         assert_eq!(fts_query("\u{0}\u{1}"), None);
         assert_eq!(
             fts_query("a\tb\nc"),
-            Some("\"a\" AND \"b\" AND \"c\"".to_owned())
+            Some("text : \"a\" AND text : \"b\" AND text : \"c\"".to_owned())
         );
     }
 
