@@ -223,7 +223,7 @@ fn fill(
                                 nouns[(k % 8) as usize],
                                 verbs[((k / 8) % 5) as usize]
                             );
-                            let status = if k % 50 == 0 { "failure" } else { "success" };
+                            let status = if k.is_multiple_of(50) { "failure" } else { "success" };
                             let ts = time::OffsetDateTime::UNIX_EPOCH
                                 + time::Duration::seconds(1_763_856_000 + ((k * 7_919) % 31_536_000) as i64);
                             let event = serde_json::json!({
@@ -234,7 +234,7 @@ fn fill(
                                 "organizationId": format!("org-{}", k % 7),
                                 "targetResourceType": "Patient",
                                 "targetResourceId": format!("p-{}", k % 100_003),
-                                "dataClassification": if k % 3 == 0 { "PHI" } else { "CONFIDENTIAL" },
+                                "dataClassification": if k.is_multiple_of(3) { "PHI" } else { "CONFIDENTIAL" },
                                 "healthcareContext": {"patientId": format!("p-{}", k % 100_003)},
                                 "sessionContext": {"ipAddress": format!("10.{}.{}.{}", k % 7, k % 251, k % 13), "sessionId": format!("s-{}", k / 20)},
                                 "outcomeDescription": format!("{} {} record {} for ward {}", ["viewed", "amended", "exported", "printed"][(k % 4) as usize], nouns[(k % 8) as usize], k % 100_003, k % 41),

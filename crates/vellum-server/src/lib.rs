@@ -18,6 +18,7 @@ pub mod ingest;
 pub mod pdf;
 pub mod proofs;
 pub mod reports;
+pub mod stats;
 pub mod telemetry;
 pub mod verification;
 
@@ -107,7 +108,8 @@ pub enum ServerError {
         proofs::post_verify,
         export::get_export,
         reports::post_report,
-        reports::get_disclosures
+        reports::get_disclosures,
+        stats::get_stats
     ),
     components(schemas(
         ingest::Receipt, api::BatchReceipt, api::AcceptedEntry, api::RejectedEntry,
@@ -186,6 +188,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/logs/{logId}/consistency", get(proofs::get_consistency))
         .route("/v1/verify", axum::routing::post(proofs::post_verify))
         .route("/v1/export", get(export::get_export))
+        .route("/v1/stats", get(stats::get_stats))
         .route("/v1/reports", axum::routing::post(reports::post_report))
         .route("/v1/reports/disclosures", get(reports::get_disclosures))
         .route("/healthz", get(api::healthz))

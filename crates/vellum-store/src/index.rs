@@ -47,6 +47,7 @@ pub(crate) struct IndexRow {
     pub(crate) patient_id: Option<String>,
     pub(crate) subject_id: Option<String>,
     pub(crate) correlation_id: Option<String>,
+    pub(crate) emergency: bool,
     pub(crate) text: String,
 }
 
@@ -164,6 +165,7 @@ pub(crate) fn extract(canonical: &str) -> Result<IndexRow, StoreError> {
         patient_id: string_at(&event, "/healthcareContext/patientId"),
         subject_id: string_at(&event, "/gdprContext/dataSubjectId"),
         correlation_id: string_at(&event, "/correlationId"),
+        emergency: event.pointer("/healthcareContext/emergencyAccess") == Some(&Value::Bool(true)),
         text,
     })
 }
@@ -195,8 +197,8 @@ pub(crate) fn index_more(
         let mut insert = tx.prepare_cached(
             "INSERT INTO ev (pos, ts, log_id, action, status, classification,
                 principal_id, organization_id, target_type, target_id, session_id, ip,
-                patient_id, subject_id, correlation_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                patient_id, subject_id, correlation_id, emergency)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         )?;
         let mut insert_text =
             tx.prepare_cached("INSERT INTO fts (rowid, text, tags) VALUES (?1, ?2, ?3)")?;
@@ -220,6 +222,7 @@ pub(crate) fn index_more(
                 fields.patient_id,
                 fields.subject_id,
                 fields.correlation_id,
+                fields.emergency,
             ])?;
             let tags = fields.tags();
             if !fields.text.is_empty() || !tags.is_empty() {
@@ -305,40 +308,19 @@ fn prefix_upper(prefix: &str) -> String {
     upper
 }
 
-/// Runs a search on a reader connection (index main, log attached).
-pub(crate) fn search(conn: &Connection, query: &SearchQuery) -> Result<SearchPage, StoreError> {
-    let limit = query.limit.clamp(1, 1000);
-    let mut sql = String::from(
-        "SELECT i.ts, e.pos, e.log_id, e.seq, e.body, e.hash, e.signature
-         FROM ev i JOIN log.events e ON e.pos = i.pos WHERE 1 = 1",
-    );
-    let mut args: Vec<Box<dyn ToSql>> = Vec::new();
+/// Appends the SQL conditions (on `ev i`) of every filter of `query` except the cursor.
+pub(crate) fn push_filters(query: &SearchQuery, sql: &mut String, args: &mut Vec<Box<dyn ToSql>>) {
     let eq = |sql: &mut String, args: &mut Vec<Box<dyn ToSql>>, col: &str, v: &Option<String>| {
         if let Some(v) = v {
             args.push(Box::new(v.clone()));
             sql.push_str(&format!(" AND i.{col} = ?{}", args.len()));
         }
     };
-    eq(&mut sql, &mut args, "principal_id", &query.principal_id);
-    eq(
-        &mut sql,
-        &mut args,
-        "organization_id",
-        &query.organization_id,
-    );
-    eq(&mut sql, &mut args, "status", &query.status);
-    eq(
-        &mut sql,
-        &mut args,
-        "classification",
-        &query.data_classification,
-    );
-    eq(
-        &mut sql,
-        &mut args,
-        "target_type",
-        &query.target_resource_type,
-    );
+    eq(sql, args, "principal_id", &query.principal_id);
+    eq(sql, args, "organization_id", &query.organization_id);
+    eq(sql, args, "status", &query.status);
+    eq(sql, args, "classification", &query.data_classification);
+    eq(sql, args, "target_type", &query.target_resource_type);
     // High-cardinality filters: candidates through their FTS tag, then the exact value.
     let mut fts_terms: Vec<String> = Vec::new();
     for ((column, prefix), value) in TAG_COLUMNS.iter().zip([
@@ -351,7 +333,7 @@ pub(crate) fn search(conn: &Connection, query: &SearchQuery) -> Result<SearchPag
     ]) {
         if let Some(value) = value {
             fts_terms.push(format!("tags : {}", tag_token(*prefix, value)));
-            eq(&mut sql, &mut args, column, &Some(value.clone()));
+            eq(sql, args, column, &Some(value.clone()));
         }
     }
     if let Some(action) = &query.action {
@@ -383,6 +365,17 @@ pub(crate) fn search(conn: &Connection, query: &SearchQuery) -> Result<SearchPag
             args.len()
         ));
     }
+}
+
+/// Runs a search on a reader connection (index main, log attached).
+pub(crate) fn search(conn: &Connection, query: &SearchQuery) -> Result<SearchPage, StoreError> {
+    let limit = query.limit.clamp(1, 1000);
+    let mut sql = String::from(
+        "SELECT i.ts, e.pos, e.log_id, e.seq, e.body, e.hash, e.signature
+         FROM ev i JOIN log.events e ON e.pos = i.pos WHERE 1 = 1",
+    );
+    let mut args: Vec<Box<dyn ToSql>> = Vec::new();
+    push_filters(query, &mut sql, &mut args);
     if let Some(cursor) = &query.cursor {
         let (ts, pos) = decode_cursor(cursor)?;
         args.push(Box::new(ts));

@@ -20,6 +20,7 @@ pub mod sqlite;
 
 mod index;
 mod schema;
+mod stats;
 
 pub use error::StoreError;
 pub use model::*;
@@ -53,6 +54,9 @@ pub trait AuditStore: Send + Sync + 'static {
 
     /// Events matching `query`, newest first, one page at a time.
     fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError>;
+
+    /// Counts over a filter set (`GET /v1/stats`), from the search index.
+    fn stats(&self, query: &StatsQuery) -> Result<Stats, StoreError>;
 
     /// Events of one log in `seq` order starting at `from_seq`, at most `limit`; used by
     /// verification and exports.

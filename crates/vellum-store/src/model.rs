@@ -181,3 +181,53 @@ pub struct ApiKeyRecord {
     /// Revocation time, if revoked.
     pub revoked_at: Option<String>,
 }
+
+/// Time granularity of `GET /v1/stats` buckets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeBucket {
+    /// UTC hours.
+    #[default]
+    Hour,
+    /// UTC days.
+    Day,
+}
+
+/// What `GET /v1/stats` counts over.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsQuery {
+    /// The same filters as search (cursor and limit ignored).
+    pub filter: SearchQuery,
+    /// Time bucket size.
+    pub bucket: TimeBucket,
+    /// Most entries per breakdown (principals, actions, …).
+    pub top: usize,
+}
+
+/// Counts over a filter set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    /// Matching events.
+    pub total: u64,
+    /// By action, most frequent first.
+    pub by_action: Vec<(String, u64)>,
+    /// By status.
+    pub by_status: Vec<(String, u64)>,
+    /// By data classification.
+    pub by_classification: Vec<(String, u64)>,
+    /// By principal, most frequent first.
+    pub by_principal: Vec<(String, u64)>,
+    /// By organization, most frequent first.
+    pub by_organization: Vec<(String, u64)>,
+    /// By time bucket: (bucket start in Unix µs, count), oldest first.
+    pub by_time: Vec<(i64, u64)>,
+    /// Failures of `auth.*` and `security.*` actions.
+    pub security_violations: u64,
+    /// Events classified PHI.
+    pub phi_accesses: u64,
+    /// Break-glass accesses (`healthcareContext.emergencyAccess`).
+    pub emergency_accesses: u64,
+    /// Events committed but not yet counted (the index is just behind the log).
+    pub index_lag: u64,
+}

@@ -65,7 +65,7 @@ const LOG_MIGRATIONS: &[&str] = &[
 
 /// Version of `index.db` this binary writes. v2: the high-cardinality filters moved from
 /// B-trees to FTS5 tags (see `index.rs`); an index of another version is rebuilt from the log.
-pub(crate) const INDEX_VERSION: i64 = 2;
+pub(crate) const INDEX_VERSION: i64 = 3;
 
 /// Schema of `index.db`.
 pub(crate) const INDEX_SCHEMA: &str = "
@@ -84,7 +84,9 @@ pub(crate) const INDEX_SCHEMA: &str = "
         ip             TEXT,
         patient_id     TEXT,
         subject_id     TEXT,
-        correlation_id TEXT
+        correlation_id TEXT,
+        -- healthcareContext.emergencyAccess (break-glass), for GET /v1/stats.
+        emergency      INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX IF NOT EXISTS ev_ts ON ev(ts);
     CREATE INDEX IF NOT EXISTS ev_principal ON ev(principal_id, ts) WHERE principal_id IS NOT NULL;

@@ -659,6 +659,17 @@ impl AuditStore for SqliteStore {
         Ok(page)
     }
 
+    fn stats(&self, query: &StatsQuery) -> Result<Stats, StoreError> {
+        let lag = if self.options.run_indexer {
+            self.wait_for_index(self.options.index_wait)
+        } else {
+            0
+        };
+        let mut stats = self.with_reader(|conn| crate::stats::stats(conn, query))?;
+        stats.index_lag = lag;
+        Ok(stats)
+    }
+
     fn scan_log(
         &self,
         log_id: &str,

@@ -251,3 +251,89 @@ fn hipaa_report_matches_the_fixture_and_its_signature_holds() {
     );
     server.terminate();
 }
+
+/// `GET /v1/stats` over a fixture with known counts: totals, breakdowns, time buckets, the three
+/// special counters, a filter, and bad parameters.
+#[test]
+fn stats_count_the_fixture() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let server = Server::start(&data);
+    let rt = common::runtime();
+    let mut events = Vec::new();
+    for n in 0..12u64 {
+        let day = if n < 8 { "2026-03-01" } else { "2026-03-02" };
+        let mut e = json!({
+            "action": if n.is_multiple_of(4) { "auth.login" } else { "fhir.patient.read" },
+            "status": if n.is_multiple_of(4) && n < 8 { "failure" } else { "success" },
+            "principalId": format!("dr-{}", n % 3),
+            "organizationId": "org-stats",
+            "timestamp": format!("{day}T{:02}:15:00Z", n % 5),
+            "dataClassification": if n.is_multiple_of(2) { "PHI" } else { "INTERNAL" },
+        });
+        if n == 5 {
+            e["healthcareContext"] =
+                json!({"patientId": "p-9", "emergencyAccess": true, "clinicalJustification": "ER"});
+        }
+        events.push(e);
+    }
+    rt.block_on(common::post_batch(
+        &common::client(),
+        &server.url(),
+        &server.admin_key(),
+        events,
+    ));
+    let get = |query: &[(&str, &str)]| -> (u16, Value) {
+        rt.block_on(async {
+            let r = common::client()
+                .get(format!("{}/v1/stats", server.url()))
+                .query(query)
+                .bearer_auth(server.admin_key())
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json().await.unwrap())
+        })
+    };
+    let (status, s) = get(&[("organizationId", "org-stats"), ("bucket", "day")]);
+    assert_eq!(status, 200, "{s}");
+    assert_eq!(s["total"], 12);
+    // auth.login at n = 0, 4, 8 → 3; failures among them at n = 0, 4 → 2 security violations.
+    assert_eq!(
+        s["byAction"][0],
+        json!({"action": "fhir.patient.read", "count": 9})
+    );
+    assert_eq!(
+        s["byAction"][1],
+        json!({"action": "auth.login", "count": 3})
+    );
+    assert_eq!(s["securityViolations"], 2);
+    assert_eq!(s["phiAccesses"], 6);
+    assert_eq!(s["emergencyAccesses"], 1);
+    assert_eq!(s["byStatus"][0], json!({"status": "success", "count": 10}));
+    assert_eq!(s["byPrincipal"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        s["byTime"],
+        json!([{"start": "2026-03-01T00:00:00.000000Z", "count": 8}, {"start": "2026-03-02T00:00:00.000000Z", "count": 4}])
+    );
+    let (_, hourly) = get(&[
+        ("organizationId", "org-stats"),
+        ("from", "2026-03-02T00:00:00Z"),
+    ]);
+    assert_eq!(hourly["total"], 4);
+    assert_eq!(hourly["bucket"], "hour");
+    assert_eq!(hourly["byTime"].as_array().unwrap().len(), 4);
+    let (_, filtered) = get(&[("organizationId", "org-stats"), ("action", "auth.*")]);
+    assert_eq!(filtered["total"], 3);
+    for bad in [
+        ("bucket", "week"),
+        ("top", "0"),
+        ("limit", "5"),
+        ("status", "done"),
+    ] {
+        let (status, body) = get(&[bad]);
+        assert_eq!(status, 400, "{bad:?}: {body}");
+        assert_eq!(body["error"]["details"][0]["path"], bad.0);
+    }
+    server.terminate();
+}
