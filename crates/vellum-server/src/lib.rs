@@ -363,10 +363,11 @@ fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, ServerErro
         .create(data_dir)
         .map_err(io(format!("creating {}", data_dir.display())))?;
     let path = data_dir.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options
         .open(&path)
         .map_err(io(format!("opening {}", path.display())))?;
     match file.try_lock() {

@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""Search and export benchmarks for BENCHMARKS.md (issue 4) against a running `vellum serve`.
+
+Usage: bench/search.py URL KEYFILE [--runs N] [--per-run M] [--exports] [--pid PID]
+
+Search: for each common query shape, M sequential requests (after a warm-up) with random
+parameters; prints p50/p99 per run and the median (min-max) over N runs. Every search is itself
+audited (a durable `audit.read` commit), which is part of the latency a client sees.
+Exports (--exports): streams each format for a ~1/8 selection of the store, prints events/s and
+the server's RSS growth while exporting (sampled from /proc/PID/status; --pid required).
+
+Data shape expected: the store made by `proof_bench` (principals dr-0..996, patients
+p-0..100002, actions fhir.<noun>.<verb>, timestamps over 2025-11-23..2026-11-23, text like
+"amended observation record 123 for ward 17").
+"""
+import json, random, statistics, sys, threading, time, urllib.parse, urllib.request
+
+args = sys.argv[1:]
+if len(args) < 2:
+    sys.exit(__doc__)
+URL, KEY = args[0].rstrip("/"), open(args[1]).read().strip()
+runs = int(args[args.index("--runs") + 1]) if "--runs" in args else 5
+per_run = int(args[args.index("--per-run") + 1]) if "--per-run" in args else 200
+pid = int(args[args.index("--pid") + 1]) if "--pid" in args else None
+rng = random.Random(7)
+
+
+def get(path, params):
+    req = urllib.request.Request(
+        f"{URL}{path}?{urllib.parse.urlencode(params)}",
+        headers={"Authorization": f"Bearer {KEY}"},
+    )
+    t = time.perf_counter()
+    with urllib.request.urlopen(req, timeout=120) as r:
+        body = r.read()
+    return (time.perf_counter() - t) * 1000, body
+
+
+def day(offset):
+    return time.strftime("%Y-%m-%dT00:00:00Z", time.gmtime(1763856000 + offset * 86400))
+
+
+NOUNS = ["patient", "observation", "encounter", "medication", "condition", "procedure"]
+SHAPES = {
+    "principal": lambda: {"principalId": f"dr-{rng.randrange(997)}", "limit": 50},
+    "patient": lambda: {"patientId": f"p-{rng.randrange(100003)}", "limit": 50},
+    "action prefix + 7-day range": lambda: (
+        lambda d: {"action": f"fhir.{rng.choice(NOUNS)}.*", "from": day(d), "to": day(d + 7), "limit": 50}
+    )(rng.randrange(350)),
+    "full text (2 words)": lambda: {"q": f"{rng.choice(['viewed', 'amended', 'exported', 'printed'])} {rng.choice(NOUNS)}", "limit": 50},
+    "full text + principal": lambda: {"q": "exported", "principalId": f"dr-{rng.randrange(997)}", "limit": 50},
+}
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round((len(xs) - 1) * p)))]
+
+
+def search_bench():
+    for name, make in SHAPES.items():
+        for _ in range(20):
+            get("/v1/events", make())
+        p50s, p99s, counts = [], [], []
+        for _ in range(runs):
+            lat = []
+            for _ in range(per_run):
+                ms, body = get("/v1/events", make())
+                lat.append(ms)
+                counts.append(len(json.loads(body)["events"]))
+            p50s.append(pct(lat, 0.5))
+            p99s.append(pct(lat, 0.99))
+        print(f"{name}: p50 {statistics.median(p50s):.1f} ms ({min(p50s):.1f}-{max(p50s):.1f}), "
+              f"p99 {statistics.median(p99s):.1f} ms ({min(p99s):.1f}-{max(p99s):.1f}), "
+              f"mean results/page {statistics.mean(counts):.1f}")
+    # Deep pages: follow the cursor 100 pages into one principal's history.
+    lat = []
+    for _ in range(runs):
+        params = {"principalId": f"dr-{rng.randrange(997)}", "limit": 100}
+        for page in range(100):
+            ms, body = get("/v1/events", params)
+            data = json.loads(body)
+            if page >= 50:
+                lat.append(ms)
+            if not data.get("nextCursor"):
+                break
+            params["cursor"] = data["nextCursor"]
+    print(f"deep pages (pages 50-100 of a principal, 100/page): p50 {pct(lat, 0.5):.1f} ms, p99 {pct(lat, 0.99):.1f} ms")
+
+
+def rss_kib():
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def export_bench():
+    params = {"action": "fhir.patient.*"}
+    for fmt in ["ndjson", "json", "csv", "fhir", "pdf", "bundle"]:
+        base = rss_kib()
+        peak = [base]
+        stop = threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                peak[0] = max(peak[0], rss_kib())
+                time.sleep(0.05)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        req = urllib.request.Request(
+            f"{URL}/v1/export?{urllib.parse.urlencode(dict(params, format=fmt))}",
+            headers={"Authorization": f"Bearer {KEY}"},
+        )
+        t = time.perf_counter()
+        size = 0
+        with urllib.request.urlopen(req, timeout=3600) as r:
+            while True:
+                chunk = r.read(1 << 20)
+                if not chunk:
+                    break
+                size += len(chunk)
+        secs = time.perf_counter() - t
+        stop.set()
+        sampler.join()
+        print(f"export {fmt}: {size / 1e6:.0f} MB in {secs:.1f} s, server RSS {base / 1024:.0f} -> peak {peak[0] / 1024:.0f} MiB")
+
+
+if __name__ == "__main__":
+    search_bench()
+    if "--exports" in args:
+        if pid is None:
+            sys.exit("--exports needs --pid PID of the server")
+        export_bench()
