@@ -405,17 +405,61 @@ pub(crate) async fn record_read(
     target_id: Option<&str>,
     details: Value,
 ) -> Result<(), ApiError> {
+    record_access(
+        state, principal, peer, endpoint, target_id, details, "success",
+    )
+    .await
+}
+
+/// Checks that `principal` has `role` for a read of the audit log; a refused attempt is itself
+/// recorded (an `audit.read` event with status `failure`, severity `high`) before the 403 goes
+/// out, so that probing the log with an under-privileged key leaves a trace.
+pub(crate) async fn require_read(
+    state: &AppState,
+    principal: &Principal,
+    peer: SocketAddr,
+    endpoint: &str,
+    role: Role,
+) -> Result<(), ApiError> {
+    let Err(denied) = principal.require(role) else {
+        return Ok(());
+    };
+    record_access(
+        state,
+        principal,
+        peer,
+        endpoint,
+        None,
+        json!({"denied": format!("{role:?} role required")}),
+        "failure",
+    )
+    .await?;
+    Err(denied)
+}
+
+async fn record_access(
+    state: &AppState,
+    principal: &Principal,
+    peer: SocketAddr,
+    endpoint: &str,
+    target_id: Option<&str>,
+    details: Value,
+    status: &str,
+) -> Result<(), ApiError> {
     let mut event = json!({
         "action": "audit.read",
-        "status": "success",
+        "status": status,
         "principalId": principal.key_id,
         "principalType": "service",
         "targetResourceType": "AuditEvent",
         "dataClassification": "CONFIDENTIAL",
         "sessionContext": {"ipAddress": peer.ip().to_string()},
-        "technicalContext": {"endpoint": endpoint, "httpMethod": "GET", "statusCode": 200},
+        "technicalContext": {"endpoint": endpoint, "statusCode": if status == "success" { 200 } else { 403 }},
         "details": details,
     });
+    if status != "success" {
+        event["severity"] = Value::String("high".into());
+    }
     if let Some(org) = &principal.organization_id {
         event["organizationId"] = Value::String(org.clone());
     }
@@ -566,7 +610,7 @@ pub async fn search_events(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Params(params): Params,
 ) -> Result<Response, ApiError> {
-    principal.require(Role::Reader)?;
+    require_read(&state, &principal, peer, "/v1/events", Role::Reader).await?;
     let mut query = parse_search(&params)?;
     scope_query(&principal, &mut query)?;
     let store = state.store.clone();
@@ -640,7 +684,7 @@ pub async fn get_event(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    principal.require(Role::Reader)?;
+    require_read(&state, &principal, peer, "/v1/events/{id}", Role::Reader).await?;
     let uuid =
         uuid::Uuid::parse_str(&id).map_err(|_| ApiError::bad_request("id", "must be a UUID"))?;
     let store = state.store.clone();

@@ -10,7 +10,7 @@
 //! its trailer line, which every verifier reports as a truncated bundle.
 
 use crate::AppState;
-use crate::api::{Auth, Params, parse_search, record_read, scope_query};
+use crate::api::{Auth, Params, parse_search, record_read, require_read, scope_query};
 use crate::auth::Role;
 use crate::error::ApiError;
 use crate::proofs::inclusion_from_store;
@@ -61,7 +61,7 @@ pub async fn get_export(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Params(mut params): Params,
 ) -> Result<Response, ApiError> {
-    principal.require(Role::Reader)?;
+    require_read(&state, &principal, peer, "/v1/export", Role::Reader).await?;
     let format = match params.remove("format").as_deref() {
         None => return Err(ApiError::bad_request("format", "is required")),
         Some(name) => ExportFormat::parse(name).ok_or_else(|| {

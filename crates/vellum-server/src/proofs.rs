@@ -7,7 +7,7 @@
 //! C2SP format requires.
 
 use crate::AppState;
-use crate::api::{Auth, Params, json_response, record_read, visible_to};
+use crate::api::{Auth, Params, json_response, record_read, require_read, visible_to};
 use crate::auth::{Principal, Role};
 use crate::error::ApiError;
 use crate::verification::{VerifyOptions, VerifyReport, known_keys, verify_store};
@@ -303,7 +303,14 @@ pub async fn get_proof(
     Path(id): Path<String>,
     Params(params): Params,
 ) -> Result<Response, ApiError> {
-    principal.require(Role::Reader)?;
+    require_read(
+        &state,
+        &principal,
+        peer,
+        "/v1/events/{id}/proof",
+        Role::Reader,
+    )
+    .await?;
     reject_unknown(&params, &["treeSize"])?;
     let tree_size = parse_size(&params, "treeSize")?;
     let uuid =
@@ -462,7 +469,7 @@ pub async fn post_verify(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    principal.require(Role::Auditor)?;
+    require_read(&state, &principal, peer, "/v1/verify", Role::Auditor).await?;
     let request: VerifyRequest = if body.iter().all(u8::is_ascii_whitespace) {
         VerifyRequest::default()
     } else {

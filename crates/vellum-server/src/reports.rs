@@ -8,7 +8,7 @@
 //! the audit log and is itself audited.
 
 use crate::AppState;
-use crate::api::{Auth, Params, json_response, record_read, scope_query};
+use crate::api::{Auth, Params, json_response, record_read, require_read, scope_query};
 use crate::auth::{Principal, Role};
 use crate::error::ApiError;
 use crate::verification::{VerifyOptions, known_keys, verify_store};
@@ -111,7 +111,7 @@ pub async fn post_report(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    principal.require(Role::Auditor)?;
+    require_read(&state, &principal, peer, "/v1/reports", Role::Auditor).await?;
     let request: ReportRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("", e.to_string()))?;
     let report_type = ReportType::parse(&request.report_type).ok_or_else(|| {
@@ -242,7 +242,14 @@ pub async fn get_disclosures(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Params(params): Params,
 ) -> Result<Response, ApiError> {
-    principal.require(Role::Auditor)?;
+    require_read(
+        &state,
+        &principal,
+        peer,
+        "/v1/reports/disclosures",
+        Role::Auditor,
+    )
+    .await?;
     if let Some(name) = params
         .keys()
         .find(|k| !["patientId", "from", "to", "format"].contains(&k.as_str()))

@@ -1,7 +1,9 @@
 //! `GET /v1/stats`: totals and breakdowns over any search filter set (SPEC §5).
 
 use crate::AppState;
-use crate::api::{Auth, Params, json_response, parse_search, record_read, scope_query};
+use crate::api::{
+    Auth, Params, json_response, parse_search, record_read, require_read, scope_query,
+};
 use crate::auth::Role;
 use crate::error::ApiError;
 use axum::extract::{ConnectInfo, State};
@@ -38,7 +40,7 @@ pub async fn get_stats(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Params(mut params): Params,
 ) -> Result<Response, ApiError> {
-    principal.require(Role::Reader)?;
+    require_read(&state, &principal, peer, "/v1/stats", Role::Reader).await?;
     let bucket = match params.remove("bucket").as_deref() {
         None | Some("hour") => TimeBucket::Hour,
         Some("day") => TimeBucket::Day,

@@ -1802,15 +1802,32 @@ async fn roles_and_organizations_scope_every_request() {
     get(&keys.auditor, &id(&b1)).await.expect(StatusCode::OK);
 
     // A bound reader's own reads are recorded in its organization, under its key id.
-    let reads = search(&keys.reader_a, &[("action", "audit.read")])
-        .await
-        .expect(StatusCode::OK);
+    let reads = search(
+        &keys.reader_a,
+        &[("action", "audit.read"), ("status", "success")],
+    )
+    .await
+    .expect(StatusCode::OK);
     let reads = reads["events"].as_array().expect("events");
     assert!(!reads.is_empty());
     let principal = reads[0]["principalId"].clone();
     for e in reads {
         assert_eq!(e["organizationId"], "org-a");
         assert_eq!(e["principalId"], principal);
+    }
+    // Refused reads (the org-a ingest key searching above) are recorded too, as failures.
+    let refused = search(
+        &keys.reader_a,
+        &[("action", "audit.read"), ("status", "failure")],
+    )
+    .await
+    .expect(StatusCode::OK);
+    let refused = refused["events"].as_array().expect("events");
+    assert!(!refused.is_empty(), "a refused read left no trace");
+    for e in refused {
+        assert_eq!(e["severity"], "high");
+        assert_ne!(e["principalId"], principal);
+        assert_eq!(e["technicalContext"]["statusCode"], 403);
     }
     ts.stop().await;
 }
