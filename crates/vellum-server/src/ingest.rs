@@ -73,6 +73,7 @@ struct Request {
     /// no submissions, covering everything in `checkpoint_log` (on-demand checkpoint).
     want_checkpoint: bool,
     checkpoint_log: Option<String>,
+    enqueued: Instant,
     reply: oneshot::Sender<Result<Vec<Receipt>, CommitError>>,
 }
 
@@ -171,6 +172,7 @@ impl IngestHandle {
             submissions,
             want_checkpoint,
             checkpoint_log,
+            enqueued: Instant::now(),
             reply,
         };
         if self.tx.send(request).is_err() {
@@ -456,7 +458,14 @@ impl WriterState {
 
     fn commit_group(&mut self, group: Vec<Request>, events: usize) {
         let started = Instant::now();
+        let oldest = group.iter().map(|r| r.enqueued).min();
         let result = self.seal_and_append(&group);
+        if let Some(oldest) = oldest {
+            // Time the oldest request of the group waited for the writer (queueing behind
+            // earlier commits), as opposed to the commit itself.
+            metrics::histogram!("vellum_ingest_queue_wait_seconds")
+                .record(started.saturating_duration_since(oldest).as_secs_f64());
+        }
         self.queued.fetch_sub(events, Ordering::AcqRel);
         metrics::gauge!("vellum_ingest_queue_depth")
             .set(self.queued.load(Ordering::Relaxed) as f64);
