@@ -41,13 +41,17 @@ def day(offset):
 
 
 NOUNS = ["patient", "observation", "encounter", "medication", "condition", "procedure"]
+NOUNS_ALL = NOUNS + ["allergy", "immunization"]
 SHAPES = {
     "principal": lambda: {"principalId": f"dr-{rng.randrange(997)}", "limit": 50},
     "patient": lambda: {"patientId": f"p-{rng.randrange(100003)}", "limit": 50},
     "action prefix + 7-day range": lambda: (
         lambda d: {"action": f"fhir.{rng.choice(NOUNS)}.*", "from": day(d), "to": day(d + 7), "limit": 50}
     )(rng.randrange(350)),
-    "full text (2 words)": lambda: {"q": f"{rng.choice(['viewed', 'amended', 'exported', 'printed'])} {rng.choice(NOUNS)}", "limit": 50},
+    # The generator writes verb k%4 with noun k%8, so only nouns j with j%4 == i follow verb i.
+    "full text (2 words)": lambda: (
+        lambda j: {"q": f"{['viewed', 'amended', 'exported', 'printed'][j % 4]} {NOUNS_ALL[j]}", "limit": 50}
+    )(rng.randrange(8)),
     "full text + principal": lambda: {"q": "exported", "principalId": f"dr-{rng.randrange(997)}", "limit": 50},
 }
 
