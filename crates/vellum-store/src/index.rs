@@ -308,8 +308,81 @@ fn prefix_upper(prefix: &str) -> String {
     upper
 }
 
+/// How a full-text (or tag) condition joins the rest of the query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FtsPlan {
+    /// `pos IN (SELECT rowid FROM fts WHERE MATCH …)`: materialize the matches, then filter and
+    /// sort them. Right when the match set is small (a patient, a session, a rare word).
+    Materialize,
+    /// `EXISTS (… MATCH … AND rowid = i.pos)`: walk `ev` newest first (or along another
+    /// filter's index) and probe FTS for each row, stopping at the page size. Right when the
+    /// match set is large (a common word matching millions: materializing and sorting them took
+    /// ~4 s on 10M events).
+    Probe,
+}
+
+/// Bounds of the match count beyond which [`FtsPlan::Probe`] is used (see [`choose_fts_plan`]).
+const FTS_MATERIALIZE_MIN: i64 = 2_000;
+const FTS_MATERIALIZE_MAX: i64 = 200_000;
+
+/// The FTS5 expression of `query`'s tag filters and `q`, if any.
+fn fts_expression(query: &SearchQuery) -> Option<String> {
+    let mut terms: Vec<String> = Vec::new();
+    for ((_, prefix), value) in TAG_COLUMNS.iter().zip([
+        &query.target_resource_id,
+        &query.session_id,
+        &query.ip_address,
+        &query.patient_id,
+        &query.data_subject_id,
+        &query.correlation_id,
+    ]) {
+        if let Some(value) = value {
+            terms.push(format!("tags : {}", tag_token(*prefix, value)));
+        }
+    }
+    if let Some(q) = query.q.as_deref().and_then(fts_query) {
+        terms.push(q);
+    }
+    (!terms.is_empty()).then(|| terms.join(" AND "))
+}
+
+/// Chooses the full-text plan. Materializing M matches costs about M × 40 µs (measured on 10M
+/// events: row lookups and the sort); probing costs about `limit × rows / M` probes of ~100 µs
+/// (the walk meets a match every `rows / M` rows). They cross near `M = sqrt(2.5 × limit ×
+/// rows)`, so matches are counted up to that bound (FTS5 stops there) and the cheaper plan is
+/// taken. Near the crossover both cost the same, ~1.4 s on 10M events: a page of a
+/// mid-frequency word with no other filter is the slowest search there is (BENCHMARKS.md). The
+/// lasting fix is an FTS rowid in timestamp order, so FTS5 itself returns newest first.
+pub(crate) fn choose_fts_plan(
+    conn: &Connection,
+    query: &SearchQuery,
+) -> Result<FtsPlan, StoreError> {
+    let Some(expr) = fts_expression(query) else {
+        return Ok(FtsPlan::Materialize);
+    };
+    let rows: i64 = conn
+        .prepare_cached("SELECT coalesce(max(pos), 0) FROM ev")?
+        .query_row([], |r| r.get(0))?;
+    let limit = i64::try_from(query.limit.clamp(1, 1000)).unwrap_or(1000);
+    let crossover = ((2.5 * limit as f64 * rows as f64).sqrt()) as i64;
+    let bound = crossover.clamp(FTS_MATERIALIZE_MIN, FTS_MATERIALIZE_MAX);
+    let n: i64 = conn
+        .prepare_cached("SELECT count(*) FROM (SELECT rowid FROM fts WHERE fts MATCH ?1 LIMIT ?2)")?
+        .query_row(params![expr, bound + 1], |r| r.get(0))?;
+    Ok(if n > bound {
+        FtsPlan::Probe
+    } else {
+        FtsPlan::Materialize
+    })
+}
+
 /// Appends the SQL conditions (on `ev i`) of every filter of `query` except the cursor.
-pub(crate) fn push_filters(query: &SearchQuery, sql: &mut String, args: &mut Vec<Box<dyn ToSql>>) {
+pub(crate) fn push_filters(
+    query: &SearchQuery,
+    plan: FtsPlan,
+    sql: &mut String,
+    args: &mut Vec<Box<dyn ToSql>>,
+) {
     let eq = |sql: &mut String, args: &mut Vec<Box<dyn ToSql>>, col: &str, v: &Option<String>| {
         if let Some(v) = v {
             args.push(Box::new(v.clone()));
@@ -360,10 +433,16 @@ pub(crate) fn push_filters(query: &SearchQuery, sql: &mut String, args: &mut Vec
     }
     if !fts_terms.is_empty() {
         args.push(Box::new(fts_terms.join(" AND ")));
-        sql.push_str(&format!(
-            " AND i.pos IN (SELECT rowid FROM fts WHERE fts MATCH ?{})",
-            args.len()
-        ));
+        match plan {
+            FtsPlan::Materialize => sql.push_str(&format!(
+                " AND i.pos IN (SELECT rowid FROM fts WHERE fts MATCH ?{})",
+                args.len()
+            )),
+            FtsPlan::Probe => sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM fts WHERE fts MATCH ?{} AND fts.rowid = i.pos)",
+                args.len()
+            )),
+        }
     }
 }
 
@@ -375,7 +454,8 @@ pub(crate) fn search(conn: &Connection, query: &SearchQuery) -> Result<SearchPag
          FROM ev i JOIN log.events e ON e.pos = i.pos WHERE 1 = 1",
     );
     let mut args: Vec<Box<dyn ToSql>> = Vec::new();
-    push_filters(query, &mut sql, &mut args);
+    let plan = choose_fts_plan(conn, query)?;
+    push_filters(query, plan, &mut sql, &mut args);
     if let Some(cursor) = &query.cursor {
         let (ts, pos) = decode_cursor(cursor)?;
         args.push(Box::new(ts));

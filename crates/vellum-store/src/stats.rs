@@ -4,7 +4,7 @@
 //! breakdown); narrow filters use the same indexes as search.
 
 use crate::StoreError;
-use crate::index::push_filters;
+use crate::index::{FtsPlan, push_filters};
 use crate::model::{Stats, StatsQuery, TimeBucket};
 use rusqlite::{Connection, ToSql};
 
@@ -52,7 +52,8 @@ pub(crate) fn stats(conn: &Connection, query: &StatsQuery) -> Result<Stats, Stor
     let mut args: Vec<Box<dyn ToSql>> = Vec::new();
     let mut filter = query.filter.clone();
     filter.cursor = None;
-    push_filters(&filter, &mut filters, &mut args);
+    // Aggregates read every match anyway: materializing them once is the cheaper plan.
+    push_filters(&filter, FtsPlan::Materialize, &mut filters, &mut args);
     let top = query.top.clamp(1, 1000);
     let bucket_micros: i64 = match query.bucket {
         TimeBucket::Hour => 3_600_000_000,
