@@ -53,6 +53,10 @@ SHAPES = {
         lambda j: {"q": f"{['viewed', 'amended', 'exported', 'printed'][j % 4]} {NOUNS_ALL[j]}", "limit": 50}
     )(rng.randrange(8)),
     "full text + principal": lambda: {"q": "exported", "principalId": f"dr-{rng.randrange(997)}", "limit": 50},
+    # ~61k matches of 10M (a verb is 1/4, a ward 1/41): the old plans' slowest case.
+    "full text (mid-frequency)": lambda: {"q": f"{rng.choice(['viewed', 'amended', 'exported', 'printed'])} ward {rng.randrange(41)}", "limit": 50},
+    # A broad prefix (5 actions, 1/8 of the store) with no time range.
+    "action prefix, no range": lambda: {"action": f"fhir.{rng.choice(NOUNS_ALL)}.*", "limit": 50},
 }
 
 

@@ -330,24 +330,43 @@ pub enum TileSourceError<E> {
     },
 }
 
-/// A [`NodeSource`] over stored tiles, reading each tile at most once per proof.
+/// A [`NodeSource`] over stored tiles, reading each tile at most once while it is cached.
+///
+/// One source per proof reads each tile once per proof. One source kept across many proofs
+/// against the same tree size (an export bundle's page of proofs) reads the tiles they share
+/// once: neighbouring leaves share their level-0 tile and every upper tile. The cache holds at
+/// most `capacity` tiles (8 KiB each) and starts over when full, so memory stays bounded
+/// however many proofs the source serves.
 pub struct TileSource<F> {
     load: F,
-    cache: Vec<(TileKey, Vec<Hash>)>,
+    cache: std::collections::HashMap<TileKey, Vec<Hash>>,
+    capacity: usize,
+    reads: usize,
 }
+
+/// Tiles a [`TileSource`] keeps unless told otherwise: ample for one proof (≤ 2 per level of
+/// tiles) and for a page of neighbouring proofs (2 MiB).
+const DEFAULT_TILE_CACHE: usize = 256;
 
 impl<E, F: FnMut(TileKey) -> Result<Option<Vec<Hash>>, E>> TileSource<F> {
     /// A source that reads tiles with `load`.
     pub fn new(load: F) -> Self {
+        Self::with_capacity(load, DEFAULT_TILE_CACHE)
+    }
+
+    /// A source that keeps at most `capacity` tiles (at least 16: one proof's worth).
+    pub fn with_capacity(load: F, capacity: usize) -> Self {
         Self {
             load,
-            cache: Vec::new(),
+            cache: std::collections::HashMap::new(),
+            capacity: capacity.max(16),
+            reads: 0,
         }
     }
 
     /// Tiles read so far (for metrics and tests of the O(log n) claim).
     pub fn tiles_read(&self) -> usize {
-        self.cache.len()
+        self.reads
     }
 }
 
@@ -359,18 +378,18 @@ impl<E, F: FnMut(TileKey) -> Result<Option<Vec<Hash>>, E>> NodeSource for TileSo
         let Some(key) = tile_for_node(level, index) else {
             return Err(missing);
         };
-        let position = match self.cache.iter().position(|(k, _)| *k == key) {
-            Some(p) => p,
-            None => {
-                let hashes = (self.load)(key)
-                    .map_err(TileSourceError::Read)?
-                    .unwrap_or_default();
-                self.cache.push((key, hashes));
-                self.cache.len() - 1
+        if !self.cache.contains_key(&key) {
+            let hashes = (self.load)(key)
+                .map_err(TileSourceError::Read)?
+                .unwrap_or_default();
+            self.reads += 1;
+            if self.cache.len() >= self.capacity {
+                self.cache.clear();
             }
-        };
-        let hashes = self.cache.get(position).map(|(_, h)| h.as_slice());
-        hashes
+            self.cache.insert(key, hashes);
+        }
+        self.cache
+            .get(&key)
             .and_then(|h| node_in_tile(level, index, key.index, h))
             .ok_or(missing)
     }

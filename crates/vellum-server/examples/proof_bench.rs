@@ -197,19 +197,24 @@ fn fill(
         .build()?;
     let started = Instant::now();
     let per_task = count.div_ceil(8);
+    // Event numbers are handed out in submission order, so timestamps follow the log's order
+    // the way real traffic does (with the late arrivals below), across all 8 submitters.
+    let next_number = Arc::new(std::sync::atomic::AtomicU64::new(0));
     runtime.block_on(async {
         let mut tasks = Vec::new();
-        for task in 0..8u64 {
+        for _task in 0..8u64 {
             let handle = handle.clone();
             let pipeline = pipeline.clone();
+            let next_number = next_number.clone();
             tasks.push(tokio::spawn(async move {
                 let mut done = 0u64;
                 while done < per_task {
                     let n = (per_task - done).min(500);
                     let now = time::OffsetDateTime::now_utc();
+                    let first = next_number.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                     let batch: Vec<Submission> = (0..n)
                         .map(|i| {
-                            let k = task * per_task + done + i;
+                            let k = first + i;
                             // Realistic enough for search benchmarks: 40 actions, ~1000
                             // principals, 100k patients, timestamps spread over a year,
                             // a sentence for full text.
@@ -224,8 +229,17 @@ fn fill(
                                 verbs[((k / 8) % 5) as usize]
                             );
                             let status = if k.is_multiple_of(50) { "failure" } else { "success" };
+                            // One year spread evenly over the fill, in log order, with
+                            // millisecond jitter; 1% arrive late by up to an hour (a client's
+                            // spool draining after an outage).
+                            let mut micros = 1_763_856_000_000_000i64
+                                + (u128::from(k) * 31_536_000_000_000 / u128::from(count.max(1))) as i64
+                                + ((k * 7_919) % 1_000) as i64 * 1_000;
+                            if k % 100 == 37 {
+                                micros -= ((k * 104_729) % 3_600_000_000) as i64;
+                            }
                             let ts = time::OffsetDateTime::UNIX_EPOCH
-                                + time::Duration::seconds(1_763_856_000 + ((k * 7_919) % 31_536_000) as i64);
+                                + time::Duration::microseconds(micros);
                             let event = serde_json::json!({
                                 "action": action,
                                 "status": status,

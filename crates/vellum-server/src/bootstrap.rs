@@ -12,6 +12,9 @@ use zeroize::Zeroizing;
 
 /// File holding the generated HMAC secret.
 pub const SECRET_FILE: &str = "secret.key";
+/// File holding rotated HMAC keys (`vellum keys rotate-hmac`): one `<keyId> <secret>` per line,
+/// the last one signing new events.
+pub const HMAC_KEYS_FILE: &str = "hmac-keys";
 /// File holding the bootstrap admin key.
 pub const ADMIN_KEY_FILE: &str = "admin.key";
 /// File holding the generated Ed25519 checkpoint signing key.
@@ -96,6 +99,136 @@ pub fn load_or_create_secret(
     }
 }
 
+/// Named HMAC secrets, in the order they were added.
+type KeyList = Vec<(String, Zeroizing<Vec<u8>>)>;
+
+/// Parses `id=secret,id=secret` (environment) or `id secret` lines (key file) into pairs.
+fn parse_key_list(text: &str, origin: &str) -> Result<KeyList, BootstrapError> {
+    let mut keys = Vec::new();
+    let separator = if origin == HMAC_KEYS_FILE { '\n' } else { ',' };
+    for (index, entry) in text.split(separator).enumerate() {
+        let entry = entry.trim();
+        if entry.is_empty() || entry.starts_with('#') {
+            continue;
+        }
+        let split = if origin == HMAC_KEYS_FILE {
+            entry.split_once(char::is_whitespace)
+        } else {
+            entry.split_once('=')
+        };
+        let Some((id, secret)) = split else {
+            return Err(BootstrapError::Invalid(format!(
+                "{origin}: entry {} is not `keyId{}secret`",
+                index + 1,
+                if origin == HMAC_KEYS_FILE { " " } else { "=" }
+            )));
+        };
+        keys.push((
+            id.trim().to_owned(),
+            Zeroizing::new(secret.trim().as_bytes().to_vec()),
+        ));
+    }
+    Ok(keys)
+}
+
+/// Builds the HMAC keyring (SPEC §3): the key `default` (`AUDIT_CRYPTO_SECRET`, or
+/// `secret.key` generated on first start) plus every rotated key, from `AUDIT_CRYPTO_KEYS` when
+/// set, else from `<data-dir>/hmac-keys`. The last rotated key signs new events; every key
+/// verifies. Secrets stay in zeroized buffers and are never logged.
+pub fn load_keyring(
+    data_dir: &Path,
+    configured_secret: Option<&Zeroizing<String>>,
+    configured_keys: Option<&Zeroizing<String>>,
+) -> Result<vellum_core::integrity::HmacKeyring, BootstrapError> {
+    let default = load_or_create_secret(data_dir, configured_secret)?;
+    let rotated = match configured_keys {
+        Some(text) => parse_key_list(text, "AUDIT_CRYPTO_KEYS")?,
+        None => {
+            let path = data_dir.join(HMAC_KEYS_FILE);
+            match std::fs::read(&path) {
+                Ok(bytes) => {
+                    let text = Zeroizing::new(String::from_utf8(bytes).map_err(|_| {
+                        BootstrapError::Invalid(format!("{} is not UTF-8", path.display()))
+                    })?);
+                    parse_key_list(&text, HMAC_KEYS_FILE)?
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(source) => return Err(BootstrapError::Io { path, source }),
+            }
+        }
+    };
+    let active = rotated
+        .last()
+        .map(|(id, _)| id.clone())
+        .unwrap_or_else(|| vellum_core::integrity::DEFAULT_KEY_ID.to_owned());
+    let mut keys = vec![(vellum_core::integrity::DEFAULT_KEY_ID.to_owned(), default)];
+    for (id, secret) in rotated {
+        if keys.iter().any(|(known, _)| *known == id) {
+            return Err(BootstrapError::Invalid(format!(
+                "HMAC key id {id:?} appears twice"
+            )));
+        }
+        keys.push((id, secret));
+    }
+    vellum_core::integrity::HmacKeyring::new(&active, keys)
+        .map_err(|e| BootstrapError::Invalid(e.to_string()))
+}
+
+/// Adds a new random HMAC key to `<data-dir>/hmac-keys` and makes it the signing key from the
+/// next start on; returns its id. The file is rewritten atomically (temporary file, fsync,
+/// rename, directory fsync) with mode 0600: a crash leaves the old or the new file, never a
+/// torn one, and never a file without the keys old events name.
+pub fn rotate_hmac_key(data_dir: &Path) -> Result<String, BootstrapError> {
+    let path = data_dir.join(HMAC_KEYS_FILE);
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| BootstrapError::Io { path, source }
+    };
+    let existing = match std::fs::read(&path) {
+        Ok(bytes) => Zeroizing::new(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Zeroizing::new(Vec::new()),
+        Err(source) => return Err(BootstrapError::Io { path, source }),
+    };
+    let existing_text = Zeroizing::new(
+        String::from_utf8(existing.to_vec())
+            .map_err(|_| BootstrapError::Invalid(format!("{} is not UTF-8", path.display())))?,
+    );
+    let known = parse_key_list(&existing_text, HMAC_KEYS_FILE)?;
+    let mut raw = Zeroizing::new([0u8; 32]);
+    getrandom::fill(raw.as_mut()).map_err(|e| BootstrapError::Random(e.to_string()))?;
+    let date = time::OffsetDateTime::now_utc().date();
+    let id = format!(
+        "k{:04}{:02}{:02}-{}",
+        date.year(),
+        u8::from(date.month()),
+        date.day(),
+        hex::encode(&raw[..3])
+    );
+    if known.iter().any(|(k, _)| *k == id) {
+        return Err(BootstrapError::Invalid(format!(
+            "key id {id} exists; retry"
+        )));
+    }
+    let mut contents = Zeroizing::new(existing_text.as_bytes().to_vec());
+    if !contents.is_empty() && !contents.ends_with(b"\n") {
+        contents.push(b'\n');
+    }
+    contents.extend_from_slice(id.as_bytes());
+    contents.push(b' ');
+    contents.extend_from_slice(hex::encode(&raw[3..]).as_bytes());
+    contents.push(b'\n');
+    let temporary = data_dir.join(format!("{HMAC_KEYS_FILE}.tmp"));
+    if temporary.exists() {
+        std::fs::remove_file(&temporary).map_err(io(&temporary))?;
+    }
+    write_private_file(&temporary, &contents)?;
+    std::fs::rename(&temporary, &path).map_err(io(&path))?;
+    std::fs::File::open(data_dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io(data_dir))?;
+    Ok(id)
+}
+
 /// Creates the bootstrap admin key when the store has no key at all, writing it once to
 /// `<data-dir>/admin.key`. Returns the path when a key was created.
 pub fn ensure_admin_key(
@@ -117,7 +250,7 @@ pub fn ensure_admin_key(
     let mut contents = Zeroizing::new(key.secret.as_bytes().to_vec());
     contents.push(b'\n');
     write_private_file(&path, &contents)?;
-    store.insert_api_key(&ApiKeyRecord {
+    let record = ApiKeyRecord {
         id: new_key_id(),
         key_hash: key.hash,
         role: "admin".into(),
@@ -125,7 +258,11 @@ pub fn ensure_admin_key(
         name: Some("bootstrap admin".into()),
         created_at: vellum_core::pipeline::server_now().1,
         revoked_at: None,
-    })?;
+    };
+    // No audit event for this one: a new log begins with the application's first event
+    // (seq 0, prevHash of zeros), and this key's creation is the installation itself. The key
+    // record keeps its creation time and the server log says where the key was written.
+    store.insert_api_key(&record, &[])?;
     tracing::warn!(path = %path.display(), "created the bootstrap admin API key; it is stored only as a hash, the file is its only copy");
     Ok(Some(path))
 }

@@ -18,6 +18,11 @@ pub struct ServerConfig {
     /// HMAC secret (`AUDIT_CRYPTO_SECRET`); generated into the data dir when absent.
     #[serde(skip_serializing)]
     pub crypto_secret: Option<Zeroizing<String>>,
+    /// Rotated HMAC keys from the environment (`AUDIT_CRYPTO_KEYS`, `id=secret,id=secret`, the
+    /// last one signs new events); when absent they come from `<data-dir>/hmac-keys`, which
+    /// `vellum keys rotate-hmac` maintains.
+    #[serde(skip_serializing)]
+    pub crypto_keys: Option<Zeroizing<String>>,
     /// Sign events with HMAC (`AUDIT_ENABLE_SIGNATURES`, default true).
     pub enable_signatures: bool,
     /// Validation limits (SPEC §2).
@@ -54,6 +59,10 @@ impl std::fmt::Debug for ServerConfig {
                 "crypto_secret",
                 &self.crypto_secret.as_ref().map(|_| "<redacted>"),
             )
+            .field(
+                "crypto_keys",
+                &self.crypto_keys.as_ref().map(|_| "<redacted>"),
+            )
             .field("enable_signatures", &self.enable_signatures)
             .field("max_request_bytes", &self.max_request_bytes)
             .field("ingest_queue_events", &self.ingest_queue_events)
@@ -71,6 +80,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7870)),
             data_dir: PathBuf::from("./vellum-data"),
             crypto_secret: None,
+            crypto_keys: None,
             enable_signatures: true,
             validation: ValidationConfig::default(),
             redaction: RedactionConfig::default(),

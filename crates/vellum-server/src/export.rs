@@ -13,7 +13,6 @@ use crate::AppState;
 use crate::api::{Auth, Params, parse_search, record_read, require_read, scope_query};
 use crate::auth::Role;
 use crate::error::ApiError;
-use crate::proofs::inclusion_from_store;
 use crate::verification::known_keys;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
@@ -27,6 +26,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use vellum_core::bundle::{BundleHeader, BundleKey, BundleProof, BundleTrailer, FORMAT, VERSION};
+use vellum_core::merkle::inclusion_proof;
+use vellum_core::tiles::TileSource;
 use vellum_store::{AuditStore, SearchQuery, StoredEvent};
 
 /// Bytes gathered before a chunk is handed to the body.
@@ -61,7 +62,7 @@ pub async fn get_export(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Params(mut params): Params,
 ) -> Result<Response, ApiError> {
-    require_read(&state, &principal, peer, "/v1/export", Role::Reader).await?;
+    require_read(&state, &principal, peer, "/v1/export", Role::Auditor).await?;
     let format = match params.remove("format").as_deref() {
         None => return Err(ApiError::bad_request("format", "is required")),
         Some(name) => ExportFormat::parse(name).ok_or_else(|| {
@@ -459,6 +460,9 @@ fn write_export(
     query.limit = PAGE;
     query.cursor = None;
     let mut written = 0u64;
+    // One tile source per log for the whole export: proofs of neighbouring events against
+    // the same snapshot size share their tiles, so each is read once (bounded cache).
+    let mut tile_sources = HashMap::new();
     loop {
         let page = store.search(&query).map_err(|e| e.to_string())?;
         for event in &page.events {
@@ -469,7 +473,12 @@ fn write_export(
                 continue; // committed after the snapshot checkpoint
             }
             let proof = if format == ExportFormat::Bundle {
-                let hashes = inclusion_from_store(store.as_ref(), &event.log_id, event.seq, size)
+                let source = tile_sources.entry(event.log_id.clone()).or_insert_with(|| {
+                    let store = store.clone();
+                    let log_id = event.log_id.clone();
+                    TileSource::with_capacity(move |k| store.merkle_tile(&log_id, k), 1024)
+                });
+                let hashes = inclusion_proof(source, event.seq, size)
                     .map_err(|e| format!("proof for seq {}: {e:?}", event.seq))?;
                 Some(BundleProof {
                     log_id: event.log_id.clone(),

@@ -15,6 +15,8 @@ pub mod config;
 pub mod error;
 pub mod export;
 pub mod ingest;
+pub mod keys;
+pub mod outbox;
 pub mod pdf;
 pub mod proofs;
 pub mod reports;
@@ -62,6 +64,8 @@ pub struct AppState {
     pub checkpoint_key: vellum_core::checkpoint::CheckpointKey,
     /// The Ed25519 signer (checkpoints in the writer; reports here).
     pub signer: Arc<vellum_core::checkpoint::CheckpointSigner>,
+    /// One outbox drain at a time (see [`outbox`]).
+    pub outbox_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -109,19 +113,23 @@ pub enum ServerError {
         export::get_export,
         reports::post_report,
         reports::get_disclosures,
-        stats::get_stats
+        stats::get_stats,
+        keys::create_key,
+        keys::list_keys,
+        keys::revoke_key
     ),
     components(schemas(
         ingest::Receipt, api::BatchReceipt, api::AcceptedEntry, api::RejectedEntry,
         proofs::KeysResponse, proofs::PublishedKey, proofs::InclusionProof,
         proofs::ConsistencyProof, proofs::VerifyRequest, verification::VerifyReport,
-        reports::ReportRequest
+        reports::ReportRequest, keys::CreateKeyRequest, keys::KeyInfo, keys::CreatedKey
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "events", description = "Ingest and search"),
         (name = "proofs", description = "Checkpoints, proofs and verification"),
         (name = "reports", description = "Compliance reports and accounting of disclosures"),
+        (name = "admin", description = "API keys"),
         (name = "operations", description = "Health and metrics")
     )
 )]
@@ -191,6 +199,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/stats", get(stats::get_stats))
         .route("/v1/reports", axum::routing::post(reports::post_report))
         .route("/v1/reports/disclosures", get(reports::get_disclosures))
+        .route("/v1/api-keys", get(keys::list_keys).post(keys::create_key))
+        .route("/v1/api-keys/{id}", axum::routing::delete(keys::revoke_key))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics_text))
@@ -264,8 +274,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             })??
     };
     let store: Arc<dyn AuditStore> = sqlite.clone();
-    let secret = bootstrap::load_or_create_secret(&data_dir, config.crypto_secret.as_ref())?;
-    let keyring = Arc::new(HmacKeyring::single(secret)?);
+    let keyring = Arc::new(bootstrap::load_keyring(
+        &data_dir,
+        config.crypto_secret.as_ref(),
+        config.crypto_keys.as_ref(),
+    )?);
     let token_key = keyring.derive("redaction-token");
     let redactor = Redactor::new(&config.redaction, &token_key)?;
     let pipeline = Arc::new(Pipeline::new(config.validation.clone(), redactor));
@@ -298,6 +311,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         keyring,
         checkpoint_key,
         signer,
+        outbox_lock: Arc::new(tokio::sync::Mutex::new(())),
     };
     let listener = TcpListener::bind(config.listen)
         .await
@@ -310,7 +324,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         source,
     })?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let maintenance = tokio::spawn(maintenance(store.clone()));
+    let maintenance = tokio::spawn(maintenance(state.clone()));
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     tracing::info!(%addr, data_dir = %data_dir.display(), "vellum listening");
     let task = tokio::spawn(async move {
@@ -384,12 +398,21 @@ fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, ServerErro
     }
 }
 
-/// Background upkeep: expire idempotency receipts older than the window.
-async fn maintenance(store: Arc<dyn AuditStore>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(600));
+/// Background upkeep: append queued outbox events (at start, then every second) and expire
+/// idempotency receipts older than the window (every 10 minutes).
+async fn maintenance(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_expiry: Option<Instant> = None;
     loop {
         tick.tick().await;
-        let store = store.clone();
+        if let Err(e) = outbox::drain(&state).await {
+            tracing::warn!(error = ?e, "outbox drain failed; retrying");
+        }
+        if last_expiry.is_some_and(|at| at.elapsed() < Duration::from_secs(600)) {
+            continue;
+        }
+        last_expiry = Some(Instant::now());
+        let store = state.store.clone();
         let cutoff = vellum_core::time_fmt::unix_micros(time::OffsetDateTime::now_utc())
             - i64::try_from(ingest::IDEMPOTENCY_WINDOW.as_micros()).unwrap_or(i64::MAX);
         match tokio::task::spawn_blocking(move || store.expire_idempotency(cutoff)).await {
@@ -398,4 +421,74 @@ async fn maintenance(store: Arc<dyn AuditStore>) {
             _ => {}
         }
     }
+}
+
+/// Appends the outbox's queued audit events when no server is running on the data directory
+/// (`vellum keys …` with the server stopped): takes the directory's lock, runs a writer for
+/// the moment, and releases it. Returns `None`, doing nothing, when a server holds the lock:
+/// that server appends them within a second.
+pub async fn drain_outbox_offline(config: &ServerConfig) -> Result<Option<usize>, ServerError> {
+    let data_dir = config.data_dir.clone();
+    let lock = match lock_data_dir(&data_dir) {
+        Ok(lock) => lock,
+        Err(ServerError::Io { source, .. }) if source.kind() == std::io::ErrorKind::WouldBlock => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let sqlite = {
+        let dir = data_dir.clone();
+        let options = SqliteOptions {
+            run_indexer: false,
+            ..SqliteOptions::default()
+        };
+        tokio::task::spawn_blocking(move || SqliteStore::open(&dir, options))
+            .await
+            .map_err(|e| ServerError::Io {
+                context: "opening the store".into(),
+                source: std::io::Error::other(e.to_string()),
+            })??
+    };
+    let store: Arc<dyn AuditStore> = sqlite.clone();
+    let keyring = Arc::new(bootstrap::load_keyring(
+        &data_dir,
+        config.crypto_secret.as_ref(),
+        config.crypto_keys.as_ref(),
+    )?);
+    let token_key = keyring.derive("redaction-token");
+    let redactor = Redactor::new(&config.redaction, &token_key)?;
+    let pipeline = Pipeline::new(config.validation.clone(), redactor);
+    let signer = Arc::new(bootstrap::load_or_create_checkpoint_signer(
+        &data_dir,
+        config.checkpoint_key_file.as_deref(),
+        &config.checkpoint_key_name,
+        store.as_ref(),
+    )?);
+    let (writer, ingest) = ingest::Writer::start(
+        store.clone(),
+        config.enable_signatures.then(|| keyring.clone()),
+        signer,
+        ingest::WriterConfig {
+            capacity: config.ingest_queue_events,
+            max_batch: config.max_commit_batch,
+            log_per_organization: config.log_per_organization,
+            checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms.max(1)),
+        },
+    )?;
+    let drained = outbox::drain_with(&store, &pipeline, &ingest).await;
+    drop(ingest);
+    tokio::task::spawn_blocking(move || {
+        writer.join();
+        sqlite.shutdown();
+    })
+    .await
+    .map_err(|e| ServerError::Io {
+        context: "stopping the writer".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    drop(lock);
+    drained.map(Some).map_err(|e| ServerError::Io {
+        context: "appending the outbox".into(),
+        source: std::io::Error::other(e.to_string()),
+    })
 }

@@ -1640,15 +1640,18 @@ fn seed_keys(dir: &Path) -> SeededKeys {
     let make = |role: &str, org: Option<&str>, revoked: bool| {
         let key = vellum_server::auth::generate_key().expect("rng");
         store
-            .insert_api_key(&vellum_store::ApiKeyRecord {
-                id: vellum_server::auth::new_key_id(),
-                key_hash: key.hash,
-                role: role.into(),
-                organization_id: org.map(str::to_owned),
-                name: Some(format!("{role} {org:?}")),
-                created_at: "2026-01-01T00:00:00.000000Z".into(),
-                revoked_at: revoked.then(|| "2026-01-02T00:00:00.000000Z".to_owned()),
-            })
+            .insert_api_key(
+                &vellum_store::ApiKeyRecord {
+                    id: vellum_server::auth::new_key_id(),
+                    key_hash: key.hash,
+                    role: role.into(),
+                    organization_id: org.map(str::to_owned),
+                    name: Some(format!("{role} {org:?}")),
+                    created_at: "2026-01-01T00:00:00.000000Z".into(),
+                    revoked_at: revoked.then(|| "2026-01-02T00:00:00.000000Z".to_owned()),
+                },
+                &[],
+            )
             .expect("insert key");
         key.secret.to_string()
     };

@@ -226,15 +226,18 @@ fn seed_key(dir: &Path, role: &str) -> String {
     .expect("store");
     let key = vellum_server::auth::generate_key().expect("rng");
     store
-        .insert_api_key(&vellum_store::ApiKeyRecord {
-            id: vellum_server::auth::new_key_id(),
-            key_hash: key.hash,
-            role: role.into(),
-            organization_id: None,
-            name: Some(role.to_owned()),
-            created_at: "2026-01-01T00:00:00.000000Z".into(),
-            revoked_at: None,
-        })
+        .insert_api_key(
+            &vellum_store::ApiKeyRecord {
+                id: vellum_server::auth::new_key_id(),
+                key_hash: key.hash,
+                role: role.into(),
+                organization_id: None,
+                name: Some(role.to_owned()),
+                created_at: "2026-01-01T00:00:00.000000Z".into(),
+                revoked_at: None,
+            },
+            &[],
+        )
         .expect("insert key");
     store.shutdown();
     key.secret.to_string()

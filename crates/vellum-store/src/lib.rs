@@ -67,14 +67,23 @@ pub trait AuditStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError>;
 
-    /// API keys.
-    fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+    /// Stores a new API key and, in the same transaction, `audit` (raw audit events for the
+    /// outbox), so a key never exists without the record of its creation.
+    fn insert_api_key(&self, key: &ApiKeyRecord, audit: &[String]) -> Result<(), StoreError>;
     /// The API key whose secret hashes to `key_hash`, if any (revoked ones included).
     fn find_api_key(&self, key_hash: &[u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError>;
     /// Every API key.
     fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
-    /// Marks a key revoked; false when no such key.
-    fn revoke_api_key(&self, id: &str, at: &str) -> Result<bool, StoreError>;
+    /// Marks a key revoked and queues `audit` in the same transaction; false (and nothing
+    /// queued) when no such unrevoked key.
+    fn revoke_api_key(&self, id: &str, at: &str, audit: &[String]) -> Result<bool, StoreError>;
+
+    /// Queues raw audit events for the log's writer (see [`OutboxEntry`]).
+    fn push_outbox(&self, events: &[String]) -> Result<(), StoreError>;
+    /// The oldest queued outbox entries, at most `limit`.
+    fn outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError>;
+    /// Removes outbox entries once their events are in the log.
+    fn remove_outbox(&self, ids: &[i64]) -> Result<(), StoreError>;
 
     /// The stored hashes of one Merkle tile (see `vellum_core::tiles`), if any.
     fn merkle_tile(

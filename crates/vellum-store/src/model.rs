@@ -182,6 +182,18 @@ pub struct ApiKeyRecord {
     pub revoked_at: Option<String>,
 }
 
+/// An audit event waiting in the outbox: recorded by a process that is not the log's writer
+/// (the CLI on a data dir, or a route whose change and record must commit together), appended
+/// by the writer with the idempotency key `outbox:<id>` so a retry after a crash never makes
+/// a second event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// Queue position (never reused).
+    pub id: i64,
+    /// The raw event JSON, to go through the pipeline like any submitted event.
+    pub event: String,
+}
+
 /// Time granularity of `GET /v1/stats` buckets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

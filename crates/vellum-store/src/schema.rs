@@ -61,16 +61,29 @@ const LOG_MIGRATIONS: &[&str] = &[
         public_key BLOB NOT NULL,
         created_at TEXT NOT NULL
      );",
+    // v3: the outbox. Administrative changes made outside the writer (`vellum keys` on the
+    // data dir, key routes) are committed together with the audit event that records them;
+    // the one writer of the log appends those events and removes them from here.
+    "CREATE TABLE outbox (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at TEXT NOT NULL,
+        event      TEXT NOT NULL
+     );",
 ];
 
 /// Version of `index.db` this binary writes. v2: the high-cardinality filters moved from
-/// B-trees to FTS5 tags (see `index.rs`); an index of another version is rebuilt from the log.
-pub(crate) const INDEX_VERSION: i64 = 3;
+/// B-trees to FTS5 tags (see `index.rs`). v4: rows keyed by their time-ordered sort key, so
+/// every index, FTS5 included, returns newest first. An index of another version is rebuilt
+/// from the log.
+pub(crate) const INDEX_VERSION: i64 = 4;
 
 /// Schema of `index.db`.
 pub(crate) const INDEX_SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS ev (
-        pos            INTEGER PRIMARY KEY,
+        -- Sort key: timestamp in ms << 20 | a per-millisecond slot (index.rs, `sort_key`).
+        -- Also the FTS5 rowid, so full text walks newest first like every other index.
+        k              INTEGER PRIMARY KEY,
+        pos            INTEGER NOT NULL UNIQUE,
         ts             INTEGER NOT NULL,
         log_id         TEXT NOT NULL,
         action         TEXT NOT NULL,
@@ -88,13 +101,14 @@ pub(crate) const INDEX_SCHEMA: &str = "
         -- healthcareContext.emergencyAccess (break-glass), for GET /v1/stats.
         emergency      INTEGER NOT NULL DEFAULT 0
     );
-    CREATE INDEX IF NOT EXISTS ev_ts ON ev(ts);
-    CREATE INDEX IF NOT EXISTS ev_principal ON ev(principal_id, ts) WHERE principal_id IS NOT NULL;
-    CREATE INDEX IF NOT EXISTS ev_org ON ev(organization_id, ts) WHERE organization_id IS NOT NULL;
-    CREATE INDEX IF NOT EXISTS ev_action ON ev(action, ts);
-    CREATE INDEX IF NOT EXISTS ev_status ON ev(status, ts);
-    CREATE INDEX IF NOT EXISTS ev_class ON ev(classification, ts);
-    CREATE INDEX IF NOT EXISTS ev_target_type ON ev(target_type, ts) WHERE target_type IS NOT NULL;
+    -- Every index entry ends with the rowid `k`, so an equality on the column walks its
+    -- events newest first and a time range is a range on `k` within it.
+    CREATE INDEX IF NOT EXISTS ev_principal ON ev(principal_id) WHERE principal_id IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS ev_org ON ev(organization_id) WHERE organization_id IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS ev_action ON ev(action);
+    CREATE INDEX IF NOT EXISTS ev_status ON ev(status);
+    CREATE INDEX IF NOT EXISTS ev_class ON ev(classification);
+    CREATE INDEX IF NOT EXISTS ev_target_type ON ev(target_type) WHERE target_type IS NOT NULL;
     -- targetResourceId, sessionId, ipAddress, patientId, dataSubjectId and correlationId have
     -- no B-tree: nearly unique values put every new row on a random page of each such index
     -- (the indexer fell below 7k rows/s at 1M events). They are FTS5 tokens in `tags`.

@@ -744,9 +744,10 @@ impl AuditStore for SqliteStore {
         })
     }
 
-    fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
-        let conn = self.writer.lock();
-        conn.execute(
+    fn insert_api_key(&self, key: &ApiKeyRecord, audit: &[String]) -> Result<(), StoreError> {
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute(
             "INSERT INTO api_keys (id, key_hash, role, organization_id, name, created_at, revoked_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
@@ -759,6 +760,8 @@ impl AuditStore for SqliteStore {
                 key.revoked_at
             ],
         )?;
+        push_outbox_in(&tx, audit)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -832,13 +835,51 @@ impl AuditStore for SqliteStore {
         })
     }
 
-    fn revoke_api_key(&self, id: &str, at: &str) -> Result<bool, StoreError> {
-        let conn = self.writer.lock();
-        let changed = conn.execute(
+    fn revoke_api_key(&self, id: &str, at: &str, audit: &[String]) -> Result<bool, StoreError> {
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let changed = tx.execute(
             "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
             params![id, at],
         )?;
+        if changed > 0 {
+            push_outbox_in(&tx, audit)?;
+        }
+        tx.commit()?;
         Ok(changed > 0)
+    }
+
+    fn push_outbox(&self, events: &[String]) -> Result<(), StoreError> {
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        push_outbox_in(&tx, events)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        let conn = self.writer.lock();
+        let mut stmt = conn.prepare_cached("SELECT id, event FROM outbox ORDER BY id LIMIT ?1")?;
+        let rows = stmt.query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+            Ok(OutboxEntry {
+                id: r.get(0)?,
+                event: r.get(1)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn remove_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
+            for id in ids {
+                delete.execute(params![id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     fn merkle_tile(
@@ -998,4 +1039,14 @@ impl AuditStore for SqliteStore {
         )?;
         Ok(())
     }
+}
+
+/// Queues raw audit events in the outbox inside the caller's transaction.
+fn push_outbox_in(tx: &rusqlite::Transaction<'_>, events: &[String]) -> Result<(), StoreError> {
+    let now = vellum_core::time_fmt::format_server_time(time::OffsetDateTime::now_utc());
+    let mut insert = tx.prepare_cached("INSERT INTO outbox (created_at, event) VALUES (?1, ?2)")?;
+    for event in events {
+        insert.execute(params![now, event])?;
+    }
+    Ok(())
 }

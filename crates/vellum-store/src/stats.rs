@@ -4,7 +4,7 @@
 //! breakdown); narrow filters use the same indexes as search.
 
 use crate::StoreError;
-use crate::index::{FtsPlan, push_filters};
+use crate::index::{Sql, push_filters};
 use crate::model::{Stats, StatsQuery, TimeBucket};
 use rusqlite::{Connection, ToSql};
 
@@ -48,12 +48,15 @@ fn group(
 
 /// Computes the statistics of `query` on a reader connection (index main, log attached).
 pub(crate) fn stats(conn: &Connection, query: &StatsQuery) -> Result<Stats, StoreError> {
-    let mut filters = String::new();
-    let mut args: Vec<Box<dyn ToSql>> = Vec::new();
     let mut filter = query.filter.clone();
     filter.cursor = None;
     // Aggregates read every match anyway: materializing them once is the cheaper plan.
-    push_filters(&filter, FtsPlan::Materialize, &mut filters, &mut args);
+    let mut sql = Sql::default();
+    push_filters(&filter, &mut sql);
+    let Sql {
+        text: filters,
+        args,
+    } = sql;
     let top = query.top.clamp(1, 1000);
     let bucket_micros: i64 = match query.bucket {
         TimeBucket::Hour => 3_600_000_000,

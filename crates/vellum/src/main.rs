@@ -3,6 +3,7 @@
 
 mod bench;
 mod export;
+mod keys;
 mod query;
 mod report;
 mod settings;
@@ -50,6 +51,8 @@ enum Command {
     VerifyReport(report::VerifyReportArgs),
     /// Load-test a running server with realistic synthetic events.
     Bench(bench::BenchArgs),
+    /// Create, list and revoke API keys on the data directory (server running or not).
+    Keys(keys::KeysArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -119,6 +122,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => {
             let config = settings::load(&overrides)?;
             bench::run(&config, &args)
+        }
+        Command::Keys(args) => {
+            let config = settings::load(&overrides)?;
+            keys::run(&config, &args)
         }
     }
 }

@@ -43,6 +43,9 @@ fn from_env() -> anyhow::Result<Value> {
     if let Some(secret) = var("AUDIT_CRYPTO_SECRET") {
         config.insert("cryptoSecret".into(), Value::String(secret));
     }
+    if let Some(keys) = var("AUDIT_CRYPTO_KEYS") {
+        config.insert("cryptoKeys".into(), Value::String(keys));
+    }
     if let Some(v) = var("AUDIT_ENABLE_SIGNATURES") {
         config.insert(
             "enableSignatures".into(),

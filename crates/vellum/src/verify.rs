@@ -4,7 +4,6 @@ use anyhow::Context;
 use std::process::ExitCode;
 use std::sync::Arc;
 use vellum_core::checkpoint::CheckpointKey;
-use vellum_core::integrity::HmacKeyring;
 use vellum_server::ServerConfig;
 use vellum_server::verification::{VerifyOptions, verify_store};
 use vellum_store::AuditStore;
@@ -55,8 +54,11 @@ pub(crate) fn run(config: &ServerConfig, args: &VerifyArgs) -> anyhow::Result<Ex
                 secret_file.display()
             );
         }
-        let secret = vellum_server::bootstrap::load_or_create_secret(dir, configured)?;
-        Some(HmacKeyring::single(secret)?)
+        Some(vellum_server::bootstrap::load_keyring(
+            dir,
+            configured,
+            config.crypto_keys.as_ref(),
+        )?)
     };
 
     // Checkpoint keys: pinned ones only, when given (a key inserted into the store by whoever
