@@ -2,10 +2,14 @@
 """Search and export benchmarks for BENCHMARKS.md (issue 4) against a running `vellum serve`.
 
 Usage: bench/search.py URL KEYFILE [--runs N] [--per-run M] [--exports] [--pid PID]
+       bench/search.py URL KEYFILE --compare URL2 KEYFILE2 [--runs N] [--per-run M]
 
 Search: for each common query shape, M sequential requests (after a warm-up) with random
 parameters; prints p50/p99 per run and the median (min-max) over N runs. Every search is itself
 audited (a durable `audit.read` commit), which is part of the latency a client sees.
+Compare (--compare): the same shapes against two servers over copies of one store, A and B
+alternating shape by shape and run by run (A B B A ...), with identical random parameters on
+both; prints each side's median p50/p99 and the B/A ratio of each pair's p99.
 Exports (--exports): streams each format for a ~1/8 selection of the store, prints events/s and
 the server's RSS growth while exporting (sampled from /proc/PID/status; --pid required).
 
@@ -23,12 +27,14 @@ runs = int(args[args.index("--runs") + 1]) if "--runs" in args else 5
 per_run = int(args[args.index("--per-run") + 1]) if "--per-run" in args else 200
 pid = int(args[args.index("--pid") + 1]) if "--pid" in args else None
 rng = random.Random(7)
+# --only "shape,shape": restrict --compare to these shapes ("deep pages" included by name).
+only = set(args[args.index("--only") + 1].split(",")) if "--only" in args else set()
 
 
-def get(path, params):
+def get(path, params, url=None, key=None):
     req = urllib.request.Request(
-        f"{URL}{path}?{urllib.parse.urlencode(params)}",
-        headers={"Authorization": f"Bearer {KEY}"},
+        f"{url or URL}{path}?{urllib.parse.urlencode(params)}",
+        headers={"Authorization": f"Bearer {key or KEY}"},
     )
     t = time.perf_counter()
     with urllib.request.urlopen(req, timeout=120) as r:
@@ -56,7 +62,7 @@ SHAPES = {
     # ~61k matches of 10M (a verb is 1/4, a ward 1/41): the old plans' slowest case.
     "full text (mid-frequency)": lambda: {"q": f"{rng.choice(['viewed', 'amended', 'exported', 'printed'])} ward {rng.randrange(41)}", "limit": 50},
     # A broad prefix (5 actions, 1/8 of the store) with no time range.
-    "action prefix, no range": lambda: {"action": f"fhir.{rng.choice(NOUNS_ALL)}.*", "limit": 50},
+    "action prefix without range": lambda: {"action": f"fhir.{rng.choice(NOUNS_ALL)}.*", "limit": 50},
 }
 
 
@@ -94,6 +100,53 @@ def search_bench():
                 break
             params["cursor"] = data["nextCursor"]
     print(f"deep pages (pages 50-100 of a principal, 100/page): p50 {pct(lat, 0.5):.1f} ms, p99 {pct(lat, 0.99):.1f} ms")
+
+
+def compare_bench(url_b, key_b):
+    sides = {"A": (URL, KEY), "B": (url_b, key_b)}
+    for name, make in SHAPES.items():
+        if only and name not in only:
+            continue
+        for side in sides.values():
+            for _ in range(20):
+                get("/v1/events", make(), *side)
+        result = {"A": ([], []), "B": ([], [])}
+        ratios = []
+        for run in range(runs):
+            params = [make() for _ in range(per_run)]
+            order = ["A", "B"] if run % 2 == 0 else ["B", "A"]
+            p99 = {}
+            for side in order:
+                lat = [get("/v1/events", p, *sides[side])[0] for p in params]
+                result[side][0].append(pct(lat, 0.5))
+                result[side][1].append(pct(lat, 0.99))
+                p99[side] = pct(lat, 0.99)
+            ratios.append(p99["B"] / p99["A"])
+        line = [f"{name}:"]
+        for side in "AB":
+            p50s, p99s = result[side]
+            line.append(f"{side} p50 {statistics.median(p50s):.1f} ({min(p50s):.1f}-{max(p50s):.1f}) "
+                        f"p99 {statistics.median(p99s):.1f} ({min(p99s):.1f}-{max(p99s):.1f});")
+        line.append(f"B/A p99 {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})")
+        print(" ".join(line), flush=True)
+    if only and "deep pages" not in only:
+        return
+    # Deep pages: the same principal followed 100 pages deep on both sides, alternating.
+    lat = {"A": [], "B": []}
+    for run in range(runs):
+        principal = f"dr-{rng.randrange(997)}"
+        for side in (["A", "B"] if run % 2 == 0 else ["B", "A"]):
+            params = {"principalId": principal, "limit": 100}
+            for page in range(100):
+                ms, body = get("/v1/events", params, *sides[side])
+                data = json.loads(body)
+                if page >= 50:
+                    lat[side].append(ms)
+                if not data.get("nextCursor"):
+                    break
+                params["cursor"] = data["nextCursor"]
+    print("deep pages (50-100, 100/page): " + "; ".join(
+        f"{side} p50 {pct(lat[side], 0.5):.1f} p99 {pct(lat[side], 0.99):.1f}" for side in "AB"), flush=True)
 
 
 def rss_kib():
@@ -136,6 +189,10 @@ def export_bench():
 
 
 if __name__ == "__main__":
+    if "--compare" in args:
+        i = args.index("--compare")
+        compare_bench(args[i + 1].rstrip("/"), open(args[i + 2]).read().strip())
+        sys.exit(0)
     if "--exports-only" not in args:
         search_bench()
     if "--exports" in args or "--exports-only" in args:

@@ -34,14 +34,19 @@ impl FromRequestParts<AppState> for Auth {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         let hash = crate::auth::Authenticator::bearer_hash(header)?;
-        if let Some(principal) = state.auth.cached(&hash) {
-            return Ok(Auth(principal));
+        let principal = match state.auth.cached(&hash) {
+            Some(principal) => principal,
+            None => {
+                // Cache miss: the store lookup is blocking I/O.
+                let auth = state.auth.clone();
+                tokio::task::spawn_blocking(move || auth.lookup(&hash))
+                    .await
+                    .map_err(|e| ApiError::internal(&e))??
+            }
+        };
+        if let Some(limiter) = &state.rate_limiter {
+            limiter.check(&principal.key_id)?;
         }
-        // Cache miss: the store lookup is blocking I/O.
-        let auth = state.auth.clone();
-        let principal = tokio::task::spawn_blocking(move || auth.lookup(&hash))
-            .await
-            .map_err(|e| ApiError::internal(&e))??;
         Ok(Auth(principal))
     }
 }

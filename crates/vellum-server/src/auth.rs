@@ -220,6 +220,44 @@ fn principal_of(record: &ApiKeyRecord, presented_hash: &[u8; 32]) -> Result<Prin
     })
 }
 
+/// Per-key request budgets (`rate_limit_per_second`, `rate_limit_burst`): a GCRA limiter
+/// per key id, so one noisy client cannot starve the others. Only authenticated keys reach it,
+/// so its memory is bounded by the number of keys.
+pub struct RateLimiter {
+    limiter: governor::DefaultKeyedRateLimiter<String>,
+}
+
+impl RateLimiter {
+    /// A limiter of `per_second` requests per key with bursts of `burst`; `None` when
+    /// `per_second` is 0 (no limit).
+    pub fn new(per_second: u32, burst: u32) -> Option<Self> {
+        let rate = std::num::NonZeroU32::new(per_second)?;
+        let burst = std::num::NonZeroU32::new(burst).unwrap_or(rate);
+        let quota = governor::Quota::per_second(rate).allow_burst(burst);
+        Some(Self {
+            limiter: governor::RateLimiter::keyed(quota),
+        })
+    }
+
+    /// Spends one request of `key_id`'s budget, or says how long to wait (429).
+    pub fn check(&self, key_id: &str) -> Result<(), ApiError> {
+        use governor::clock::Clock;
+        match self.limiter.check_key(&key_id.to_owned()) {
+            Ok(()) => Ok(()),
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+                metrics::counter!("vellum_rate_limited_total").increment(1);
+                Err(ApiError::rate_limited(wait.as_secs_f64().ceil() as u32))
+            }
+        }
+    }
+
+    /// Forgets keys whose budget is full again (periodic upkeep).
+    pub fn forget_idle(&self) {
+        self.limiter.retain_recent();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

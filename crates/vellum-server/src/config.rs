@@ -48,6 +48,83 @@ pub struct ServerConfig {
     pub checkpoint_key_file: Option<PathBuf>,
     /// Signer name in checkpoint signature lines (default `vellum`).
     pub checkpoint_key_name: String,
+    /// PEM certificate chain for HTTPS (`--tls-cert`); with `tls_key`, the server speaks only
+    /// HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS (`--tls-key`).
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: when set, clients must present a certificate it signed (`--tls-client-ca`).
+    pub tls_client_ca: Option<PathBuf>,
+    /// Refuse plain HTTP, and plain PostgreSQL and Redis URLs (`AUDIT_REQUIRE_TLS`).
+    pub require_tls: bool,
+    /// Requests per second each API key may make (0 = no limit). Over it: 429 with
+    /// `Retry-After`. Every key has its own budget.
+    pub rate_limit_per_second: u32,
+    /// Requests a key may make in a burst above its rate (default: one second's worth).
+    pub rate_limit_burst: u32,
+}
+
+/// Why a configuration is refused before anything starts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl ServerConfig {
+    /// The HTTPS files, when HTTPS is configured; an error when only half of it is.
+    pub fn tls_files(&self) -> Result<Option<crate::tls::TlsFiles>, ConfigError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            })),
+            (None, None) if self.tls_client_ca.is_some() => Err(ConfigError(
+                "--tls-client-ca needs --tls-cert and --tls-key".into(),
+            )),
+            (None, None) if self.require_tls => Err(ConfigError(
+                "AUDIT_REQUIRE_TLS=true refuses plain HTTP: give --tls-cert and --tls-key (or tlsCert and tlsKey in vellum.toml)".into(),
+            )),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(ConfigError("--tls-cert needs --tls-key".into())),
+            (None, Some(_)) => Err(ConfigError("--tls-key needs --tls-cert".into())),
+        }
+    }
+}
+
+/// With `AUDIT_REQUIRE_TLS`, refuses database and queue URLs that would travel in clear text:
+/// PostgreSQL must ask for `sslmode=require`, `verify-ca` or `verify-full`; Redis must be
+/// `rediss://`. Named by variable, so the operator knows which one to fix.
+pub fn check_transport_urls(require_tls: bool, urls: &[(&str, &str)]) -> Result<(), ConfigError> {
+    if !require_tls {
+        return Ok(());
+    }
+    for (variable, url) in urls {
+        let lower = url.to_ascii_lowercase();
+        let scheme = lower.split("://").next().unwrap_or_default();
+        let plain = match scheme {
+            "postgres" | "postgresql" => ![
+                "sslmode=require",
+                "sslmode=verify-ca",
+                "sslmode=verify-full",
+            ]
+            .iter()
+            .any(|mode| lower.contains(mode)),
+            "redis" => true,
+            "rediss" => false,
+            _ => false,
+        };
+        if plain {
+            return Err(ConfigError(format!(
+                "AUDIT_REQUIRE_TLS=true refuses {variable}: it connects without TLS (use {} )",
+                if scheme.starts_with("redis") {
+                    "rediss://"
+                } else {
+                    "sslmode=require or verify-full"
+                }
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -92,6 +169,57 @@ impl Default for ServerConfig {
             checkpoint_interval_ms: 1_000,
             checkpoint_key_file: None,
             checkpoint_key_name: vellum_core::checkpoint::DEFAULT_KEY_NAME.to_owned(),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            require_tls: false,
+            rate_limit_per_second: 0,
+            rate_limit_burst: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn require_tls_refuses_plain_urls_and_half_configured_https() {
+        let ok = |urls: &[(&str, &str)]| check_transport_urls(true, urls);
+        assert!(ok(&[("AUDIT_DB_URL", "postgres://h/db?sslmode=verify-full")]).is_ok());
+        assert!(ok(&[("AUDIT_REDIS_URL", "rediss://h:6380")]).is_ok());
+        let err = ok(&[("AUDIT_DB_URL", "postgresql://h/db")]).expect_err("plain");
+        assert!(err.0.contains("AUDIT_DB_URL"), "{err}");
+        assert!(ok(&[("AUDIT_DB_URL", "postgres://h/db?sslmode=prefer")]).is_err());
+        let err = ok(&[("AUDIT_REDIS_URL", "redis://127.0.0.1:6379")]).expect_err("plain");
+        assert!(
+            err.0.contains("AUDIT_REDIS_URL") && err.0.contains("rediss://"),
+            "{err}"
+        );
+        assert!(check_transport_urls(false, &[("AUDIT_REDIS_URL", "redis://h")]).is_ok());
+
+        let mut config = ServerConfig {
+            require_tls: true,
+            ..ServerConfig::default()
+        };
+        assert!(
+            config
+                .tls_files()
+                .expect_err("plain http")
+                .0
+                .contains("AUDIT_REQUIRE_TLS")
+        );
+        config.tls_cert = Some("c.pem".into());
+        assert!(
+            config
+                .tls_files()
+                .expect_err("half")
+                .0
+                .contains("--tls-key")
+        );
+        config.tls_key = Some("k.pem".into());
+        assert!(config.tls_files().expect("both").is_some());
+        let plain = ServerConfig::default();
+        assert_eq!(plain.tls_files(), Ok(None));
     }
 }

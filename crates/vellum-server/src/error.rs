@@ -78,6 +78,18 @@ impl ApiError {
         }
     }
 
+    /// 429: this key spent its request budget; `Retry-After` says when to come back.
+    pub fn rate_limited(retry_after_secs: u32) -> Self {
+        Self {
+            retry_after: Some(retry_after_secs.max(1)),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "this API key is over its request rate; retry after the indicated delay",
+            )
+        }
+    }
+
     /// 401.
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)

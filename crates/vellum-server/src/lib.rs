@@ -22,6 +22,7 @@ pub mod proofs;
 pub mod reports;
 pub mod stats;
 pub mod telemetry;
+pub mod tls;
 pub mod verification;
 
 use axum::Router;
@@ -66,6 +67,8 @@ pub struct AppState {
     pub signer: Arc<vellum_core::checkpoint::CheckpointSigner>,
     /// One outbox drain at a time (see [`outbox`]).
     pub outbox_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Per-key request budgets, when configured.
+    pub rate_limiter: Option<Arc<auth::RateLimiter>>,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -83,6 +86,12 @@ pub enum ServerError {
     /// The redaction configuration is invalid.
     #[error(transparent)]
     Redaction(#[from] vellum_core::redact::RedactionConfigError),
+    /// The configuration is refused.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The TLS material is unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// Binding or serving failed.
     #[error("{context}: {source}")]
     Io {
@@ -222,6 +231,8 @@ pub fn router(state: AppState) -> Router {
 pub struct RunningServer {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// Whether it speaks HTTPS (and only HTTPS).
+    pub https: bool,
     /// Where the bootstrap admin key was written, when this start created it.
     pub admin_key_file: Option<PathBuf>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -258,6 +269,11 @@ impl RunningServer {
 /// background task until [`RunningServer::shutdown`].
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let config = Arc::new(config);
+    // Configuration first: a refused configuration must not touch the data directory.
+    let tls = match config.tls_files()? {
+        Some(files) => Some(tls::server_config(&files)?),
+        None => None,
+    };
     let data_dir = config.data_dir.clone();
     let lock = lock_data_dir(&data_dir)?;
     let sqlite = {
@@ -312,6 +328,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         checkpoint_key,
         signer,
         outbox_lock: Arc::new(tokio::sync::Mutex::new(())),
+        rate_limiter: auth::RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst)
+            .map(Arc::new),
     };
     let listener = TcpListener::bind(config.listen)
         .await
@@ -326,13 +344,37 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let maintenance = tokio::spawn(maintenance(state.clone()));
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    tracing::info!(%addr, data_dir = %data_dir.display(), "vellum listening");
+    tracing::info!(%addr, https = tls.is_some(), data_dir = %data_dir.display(), "vellum listening");
+    let shutdown = async {
+        let _ = stop_rx.await;
+    };
+    let serving: std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>> =
+        match tls.clone() {
+            Some(tls_config) => {
+                let listener = tls::TlsListener::new(listener, tls_config).map_err(|source| {
+                    ServerError::Io {
+                        context: "starting the TLS listener".into(),
+                        source,
+                    }
+                })?;
+                // `tap_io` (a no-op) lets axum's `ConnectInfo<SocketAddr>` see the peer address
+                // of a listener other than its own TcpListener.
+                use axum::serve::ListenerExt;
+                let listener = listener.tap_io(|_| {});
+                Box::pin(async move {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                })
+            }
+            None => Box::pin(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }),
+        };
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
-            .await;
+        let served = serving.await;
         maintenance.abort();
         let _ = maintenance.await;
         // Every IngestHandle lived in the router, which is gone now: the writer drains what it
@@ -355,6 +397,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     });
     Ok(RunningServer {
         addr,
+        https: tls.is_some(),
         admin_key_file,
         stop: Some(stop_tx),
         task,
@@ -407,6 +450,9 @@ async fn maintenance(state: AppState) {
         tick.tick().await;
         if let Err(e) = outbox::drain(&state).await {
             tracing::warn!(error = ?e, "outbox drain failed; retrying");
+        }
+        if let Some(limiter) = &state.rate_limiter {
+            limiter.forget_idle();
         }
         if last_expiry.is_some_and(|at| at.elapsed() < Duration::from_secs(600)) {
             continue;

@@ -73,9 +73,9 @@ const LOG_MIGRATIONS: &[&str] = &[
 
 /// Version of `index.db` this binary writes. v2: the high-cardinality filters moved from
 /// B-trees to FTS5 tags (see `index.rs`). v4: rows keyed by their time-ordered sort key, so
-/// every index, FTS5 included, returns newest first. An index of another version is rebuilt
-/// from the log.
-pub(crate) const INDEX_VERSION: i64 = 4;
+/// every index, FTS5 included, returns newest first. v5: the column indexes cover `pos`. An
+/// index of another version is rebuilt from the log.
+pub(crate) const INDEX_VERSION: i64 = 5;
 
 /// Schema of `index.db`.
 pub(crate) const INDEX_SCHEMA: &str = "
@@ -101,14 +101,16 @@ pub(crate) const INDEX_SCHEMA: &str = "
         -- healthcareContext.emergencyAccess (break-glass), for GET /v1/stats.
         emergency      INTEGER NOT NULL DEFAULT 0
     );
-    -- Every index entry ends with the rowid `k`, so an equality on the column walks its
-    -- events newest first and a time range is a range on `k` within it.
-    CREATE INDEX IF NOT EXISTS ev_principal ON ev(principal_id) WHERE principal_id IS NOT NULL;
-    CREATE INDEX IF NOT EXISTS ev_org ON ev(organization_id) WHERE organization_id IS NOT NULL;
-    CREATE INDEX IF NOT EXISTS ev_action ON ev(action);
-    CREATE INDEX IF NOT EXISTS ev_status ON ev(status);
-    CREATE INDEX IF NOT EXISTS ev_class ON ev(classification);
-    CREATE INDEX IF NOT EXISTS ev_target_type ON ev(target_type) WHERE target_type IS NOT NULL;
+    -- Each index is (field, k, pos): an equality on the field walks its events newest first,
+    -- a time range is a range of `k` within it, and `pos` (to fetch the event from the log)
+    -- is in the entry, so a page costs no lookup in `ev` itself (measured: that lookup doubled
+    -- the p99 of a principal's page when the index outgrew the page cache).
+    CREATE INDEX IF NOT EXISTS ev_principal ON ev(principal_id, k, pos) WHERE principal_id IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS ev_org ON ev(organization_id, k, pos) WHERE organization_id IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS ev_action ON ev(action, k, pos);
+    CREATE INDEX IF NOT EXISTS ev_status ON ev(status, k, pos);
+    CREATE INDEX IF NOT EXISTS ev_class ON ev(classification, k, pos);
+    CREATE INDEX IF NOT EXISTS ev_target_type ON ev(target_type, k, pos) WHERE target_type IS NOT NULL;
     -- targetResourceId, sessionId, ipAddress, patientId, dataSubjectId and correlationId have
     -- no B-tree: nearly unique values put every new row on a random page of each such index
     -- (the indexer fell below 7k rows/s at 1M events). They are FTS5 tokens in `tags`.

@@ -60,6 +60,15 @@ struct ServeArgs {
     /// Address to listen on (overrides vellum.toml and VELLUM_LISTEN).
     #[arg(long, value_name = "ADDR")]
     listen: Option<std::net::SocketAddr>,
+    /// PEM certificate chain: serve HTTPS only (with --tls-key).
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of the certificate.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA bundle: require client certificates signed by it (mutual TLS).
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 fn init_tracing() {
@@ -90,6 +99,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         data_dir: cli.data_dir.clone(),
         listen: match &cli.command {
             Command::Serve(args) => args.listen,
+            _ => None,
+        },
+        tls_cert: match &cli.command {
+            Command::Serve(args) => args.tls_cert.clone(),
+            _ => None,
+        },
+        tls_key: match &cli.command {
+            Command::Serve(args) => args.tls_key.clone(),
+            _ => None,
+        },
+        tls_client_ca: match &cli.command {
+            Command::Serve(args) => args.tls_client_ca.clone(),
             _ => None,
         },
     };
@@ -144,7 +165,11 @@ fn serve(config: vellum_server::ServerConfig) -> anyhow::Result<ExitCode> {
                 path.display()
             );
         }
-        eprintln!("Vellum listening on http://{}", server.addr);
+        eprintln!(
+            "Vellum listening on {}://{}",
+            if server.https { "https" } else { "http" },
+            server.addr
+        );
         let stop = server.take_stop();
         tokio::spawn(async move {
             wait_for_signal().await;

@@ -15,6 +15,9 @@ pub(crate) struct Overrides {
     pub(crate) config_file: Option<PathBuf>,
     pub(crate) data_dir: Option<PathBuf>,
     pub(crate) listen: Option<SocketAddr>,
+    pub(crate) tls_cert: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
+    pub(crate) tls_client_ca: Option<PathBuf>,
 }
 
 fn parse_bool(name: &str, value: &str) -> anyhow::Result<bool> {
@@ -29,6 +32,17 @@ fn parse_bool(name: &str, value: &str) -> anyhow::Result<bool> {
 fn from_env() -> anyhow::Result<Value> {
     let mut config = Map::new();
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let require_tls = match var("AUDIT_REQUIRE_TLS") {
+        Some(v) => parse_bool("AUDIT_REQUIRE_TLS", &v)?,
+        None => false,
+    };
+    config.insert("requireTls".into(), Value::Bool(require_tls));
+    let urls: Vec<(&str, String)> = ["AUDIT_DB_URL", "AUDIT_REDIS_URL"]
+        .into_iter()
+        .filter_map(|name| var(name).map(|url| (name, url)))
+        .collect();
+    let url_refs: Vec<(&str, &str)> = urls.iter().map(|(n, u)| (*n, u.as_str())).collect();
+    vellum_server::config::check_transport_urls(require_tls, &url_refs)?;
     if let Some(url) = var("AUDIT_DB_URL") {
         let scheme = url.split(':').next().unwrap_or("");
         bail!(
@@ -88,6 +102,15 @@ pub(crate) fn load(overrides: &Overrides) -> anyhow::Result<ServerConfig> {
     }
     if let Some(listen) = overrides.listen {
         flags.insert("listen".into(), Value::String(listen.to_string()));
+    }
+    for (name, path) in [
+        ("tlsCert", &overrides.tls_cert),
+        ("tlsKey", &overrides.tls_key),
+        ("tlsClientCa", &overrides.tls_client_ca),
+    ] {
+        if let Some(path) = path {
+            flags.insert(name.into(), Value::String(path.display().to_string()));
+        }
     }
     figment = figment.merge(Serialized::defaults(Value::Object(flags)));
     let config: ServerConfig = figment.extract().map_err(|e| {
