@@ -21,6 +21,7 @@ pub mod model;
 pub mod pipeline;
 pub mod redact;
 pub mod report;
+pub mod retention;
 pub mod sanitize;
 pub mod tiles;
 pub mod time_fmt;

@@ -342,6 +342,10 @@ pub struct TileSource<F> {
     cache: std::collections::HashMap<TileKey, Vec<Hash>>,
     capacity: usize,
     reads: usize,
+    /// Interior nodes already computed from cached tiles. A node `r` levels above its tile's
+    /// base costs `2^r - 1` hashes; a proof needs ~8 of them per tile level, and neighbouring
+    /// proofs need the same upper ones. Dropped with the tiles.
+    nodes: std::collections::HashMap<(u32, u64), Hash>,
 }
 
 /// Tiles a [`TileSource`] keeps unless told otherwise: ample for one proof (≤ 2 per level of
@@ -361,6 +365,7 @@ impl<E, F: FnMut(TileKey) -> Result<Option<Vec<Hash>>, E>> TileSource<F> {
             cache: std::collections::HashMap::new(),
             capacity: capacity.max(16),
             reads: 0,
+            nodes: std::collections::HashMap::new(),
         }
     }
 
@@ -378,6 +383,9 @@ impl<E, F: FnMut(TileKey) -> Result<Option<Vec<Hash>>, E>> NodeSource for TileSo
         let Some(key) = tile_for_node(level, index) else {
             return Err(missing);
         };
+        if let Some(node) = self.nodes.get(&(level, index)) {
+            return Ok(*node);
+        }
         if !self.cache.contains_key(&key) {
             let hashes = (self.load)(key)
                 .map_err(TileSourceError::Read)?
@@ -385,13 +393,21 @@ impl<E, F: FnMut(TileKey) -> Result<Option<Vec<Hash>>, E>> NodeSource for TileSo
             self.reads += 1;
             if self.cache.len() >= self.capacity {
                 self.cache.clear();
+                self.nodes.clear();
             }
             self.cache.insert(key, hashes);
         }
-        self.cache
+        let node = self
+            .cache
             .get(&key)
             .and_then(|h| node_in_tile(level, index, key.index, h))
-            .ok_or(missing)
+            .ok_or(missing)?;
+        // Only complete nodes are asked for (a proof never names a partial one), so a node
+        // computed once is final for every tree size that contains it.
+        if !level.is_multiple_of(TILE_HEIGHT) {
+            self.nodes.insert((level, index), node);
+        }
+        Ok(node)
     }
 }
 

@@ -9,6 +9,7 @@ use crate::integrity::{
     GENESIS_PREV_HASH, HmacKeyring, SignatureError, event_hash, from_hex, to_hex,
 };
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// One problem found in a log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +132,19 @@ pub enum Failure {
         /// Tile index.
         index: u64,
     },
+    /// Tombstones (purged events) that no purge record in the log accounts for, or that do
+    /// not match the record's count and digest: content was removed outside retention.
+    #[serde(rename_all = "camelCase")]
+    UnaccountedPurge {
+        /// First tombstoned position of this purge id.
+        seq: u64,
+        /// The purge id the tombstones name.
+        purge_id: String,
+        /// Tombstones found with that id.
+        tombstones: u64,
+        /// What the purge record says (`None`: there is no such record).
+        recorded: Option<u64>,
+    },
     /// The consistency proof served between two successive checkpoints does not verify.
     #[serde(rename_all = "camelCase")]
     Inconsistent {
@@ -158,7 +172,7 @@ impl Failure {
             Self::Missing { from_seq, .. } | Self::CheckpointMismatch { from_seq, .. } => *from_seq,
             Self::Truncated { log_size, .. } => *log_size,
             Self::CheckpointInvalid { tree_size, .. } => *tree_size,
-            Self::TileMismatch { seq, .. } => *seq,
+            Self::TileMismatch { seq, .. } | Self::UnaccountedPurge { seq, .. } => *seq,
             Self::Inconsistent { from_size, .. } => *from_size,
         }
     }
@@ -235,6 +249,24 @@ impl std::fmt::Display for Failure {
                 f,
                 "seq {seq}: stored Merkle tile (level {level}, index {index}) differs from the tree of the stored events; proofs served from it are wrong"
             ),
+            Self::UnaccountedPurge {
+                seq,
+                purge_id,
+                tombstones,
+                recorded: None,
+            } => write!(
+                f,
+                "seq {seq}: {tombstones} event(s) replaced by tombstones of purge {purge_id:?}, which no signed purge record accounts for: content removed outside retention"
+            ),
+            Self::UnaccountedPurge {
+                seq,
+                purge_id,
+                tombstones,
+                recorded: Some(recorded),
+            } => write!(
+                f,
+                "seq {seq}: purge {purge_id:?} recorded {recorded} event(s) but {tombstones} tombstone(s) (or their hashes) differ: content removed outside retention"
+            ),
             Self::Inconsistent {
                 from_size,
                 to_size,
@@ -259,6 +291,19 @@ struct ChainFields<'a> {
     prev_hash: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
     key_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    action: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    details: Option<&'a serde_json::value::RawValue>,
+}
+
+/// What a `retention.purge` record says about its purge.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PurgeRecord {
+    purge_id: String,
+    count: u64,
+    digest: String,
 }
 
 /// What checking one row finds without knowing any other row: its hash, its HMAC verdict, the
@@ -272,6 +317,8 @@ pub struct RowFacts {
     leaf: crate::merkle::Hash,
     fields: Result<RowFields, String>,
     signature: SignatureFacts,
+    /// The row is a purged event's tombstone (its content is gone; its hash stays).
+    tombstone: Option<crate::retention::Tombstone>,
 }
 
 #[derive(Debug, Clone)]
@@ -281,6 +328,8 @@ struct RowFields {
     other_log: Option<Option<String>>,
     /// `None` when missing or not 64 hex digits.
     prev_hash: Option<[u8; 32]>,
+    /// The purge this event records, when it is a `retention.purge` record.
+    purge_record: Option<PurgeRecord>,
 }
 
 #[derive(Debug, Clone)]
@@ -301,6 +350,23 @@ pub fn row_facts(
     hash: &[u8],
     signature: Option<&[u8]>,
 ) -> RowFacts {
+    if let Some(tombstone) = crate::retention::Tombstone::from_body(canonical) {
+        // Nothing to recompute: the content is gone. The stored hash stands (the next event's
+        // prevHash and the Merkle tree commit to it), and a purge record must account for it.
+        let stored: [u8; 32] = hash.try_into().unwrap_or([0u8; 32]);
+        return RowFacts {
+            computed: stored,
+            leaf: crate::merkle::leaf_hash(&stored),
+            fields: Ok(RowFields {
+                seq: Some(tombstone.seq),
+                other_log: None,
+                prev_hash: None,
+                purge_record: None,
+            }),
+            signature: SignatureFacts::NotChecked,
+            tombstone: Some(tombstone),
+        };
+    }
     let computed = event_hash(canonical);
     // The tree is built over what is stored (the hash the log committed), so a body edited
     // without its hash is caught by the hash check and not reported twice by the tree.
@@ -329,11 +395,18 @@ pub fn row_facts(
                 }
                 (Some(_), _, _) => SignatureFacts::Incomplete,
             };
+            let purge_record = (f.action.as_deref() == Some(crate::retention::PURGE_ACTION))
+                .then(|| {
+                    f.details
+                        .and_then(|d| serde_json::from_str::<PurgeRecord>(d.get()).ok())
+                })
+                .flatten();
             (
                 Ok(RowFields {
                     seq: f.seq,
                     other_log,
                     prev_hash: f.prev_hash.as_deref().and_then(from_hex),
+                    purge_record,
                 }),
                 sig,
             )
@@ -344,6 +417,7 @@ pub fn row_facts(
         leaf,
         fields,
         signature,
+        tombstone: None,
     }
 }
 
@@ -364,6 +438,10 @@ pub struct ChainVerifier<'k> {
     /// Size of the last checkpoint whose root matched.
     last_good_checkpoint: u64,
     checkpoints_matched: u64,
+    /// Tombstones seen, per purge id: first seq and the digest of their `(seq, hash)`.
+    tombstones: BTreeMap<String, (u64, crate::retention::PurgeDigest)>,
+    /// Signed purge records seen, per purge id: (count, digest).
+    purge_records: BTreeMap<String, (u64, String)>,
 }
 
 impl<'k> ChainVerifier<'k> {
@@ -382,6 +460,8 @@ impl<'k> ChainVerifier<'k> {
             checkpoints: Vec::new(),
             last_good_checkpoint: 0,
             checkpoints_matched: 0,
+            tombstones: BTreeMap::new(),
+            purge_records: BTreeMap::new(),
         }
     }
 
@@ -465,9 +545,39 @@ impl<'k> ChainVerifier<'k> {
                 stored: hex::encode(hash),
             });
         }
+        if let Some(tombstone) = facts.tombstone {
+            let stored: [u8; 32] = hash.try_into().unwrap_or([0u8; 32]);
+            if tombstone.seq != seq || from_hex(&tombstone.hash) != Some(stored) {
+                self.failures.push(Failure::Malformed {
+                    seq,
+                    reason: "tombstone names another position or hash than its row".into(),
+                });
+            }
+            self.tombstones
+                .entry(tombstone.purge_id)
+                .or_insert_with(|| (seq, crate::retention::PurgeDigest::default()))
+                .1
+                .add(seq, &stored);
+            self.prev_hash = stored;
+            self.next_seq = seq + 1;
+            self.tree.push(facts.leaf);
+            self.compare_checkpoints();
+            return;
+        }
         match facts.fields {
             Err(reason) => self.failures.push(Failure::Malformed { seq, reason }),
             Ok(fields) => {
+                if let Some(record) = &fields.purge_record
+                    && matches!(
+                        facts.signature,
+                        SignatureFacts::Valid | SignatureFacts::NotChecked
+                    )
+                {
+                    self.purge_records.insert(
+                        record.purge_id.clone(),
+                        (record.count, record.digest.clone()),
+                    );
+                }
                 if fields.seq != Some(seq) || fields.other_log.is_some() {
                     self.failures.push(Failure::Misplaced {
                         seq,
@@ -566,6 +676,22 @@ impl<'k> ChainVerifier<'k> {
                 log_size: self.next_seq,
                 tree_size,
             });
+        }
+        // Every tombstone must be accounted for by a signed purge record with the same count
+        // and digest. (A record whose tombstones are not there yet is a purge interrupted
+        // between its record and its tombstones: the events are intact, nothing to report.)
+        for (purge_id, (first_seq, digest)) in std::mem::take(&mut self.tombstones) {
+            let tombstones = digest.count();
+            let found = digest.finish();
+            match self.purge_records.get(&purge_id) {
+                Some((count, recorded)) if *count == tombstones && *recorded == found => {}
+                other => self.failures.push(Failure::UnaccountedPurge {
+                    seq: first_seq,
+                    purge_id,
+                    tombstones,
+                    recorded: other.map(|(count, _)| *count),
+                }),
+            }
         }
         LogReport {
             log_id: self.log_id,

@@ -698,6 +698,16 @@ pub async fn get_event(
         .map_err(|e| ApiError::internal(&e))??
         .filter(|e| visible_to(&principal, e))
         .ok_or_else(|| ApiError::not_found(format!("no event {id}")))?;
+    if let Some(tombstone) = vellum_core::retention::Tombstone::from_body(&event.canonical) {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "purged",
+            format!(
+                "event {id} (seq {}) was purged under retention policy {} at {}; its hash {} stays in the log",
+                tombstone.seq, tombstone.policy, tombstone.purged_at, tombstone.hash
+            ),
+        ));
+    }
     record_read(
         &state,
         &principal,

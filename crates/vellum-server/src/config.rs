@@ -62,6 +62,11 @@ pub struct ServerConfig {
     pub rate_limit_per_second: u32,
     /// Requests a key may make in a burst above its rate (default: one second's worth).
     pub rate_limit_burst: u32,
+    /// Retention policies and classification defaults (SPEC §7); `PUT /v1/retention/policies`
+    /// overrides them in the store.
+    pub retention: vellum_core::retention::RetentionPolicies,
+    /// Hours between scheduled purges in `serve` (0: only on request). Default 24.
+    pub retention_interval_hours: u32,
 }
 
 /// Why a configuration is refused before anything starts.
@@ -175,6 +180,8 @@ impl Default for ServerConfig {
             require_tls: false,
             rate_limit_per_second: 0,
             rate_limit_burst: 0,
+            retention: vellum_core::retention::RetentionPolicies::default(),
+            retention_interval_hours: 24,
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod outbox;
 pub mod pdf;
 pub mod proofs;
 pub mod reports;
+pub mod retention;
 pub mod stats;
 pub mod telemetry;
 pub mod tls;
@@ -69,6 +70,8 @@ pub struct AppState {
     pub outbox_lock: Arc<tokio::sync::Mutex<()>>,
     /// Per-key request budgets, when configured.
     pub rate_limiter: Option<Arc<auth::RateLimiter>>,
+    /// One purge run at a time.
+    pub retention_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -210,6 +213,22 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/reports/disclosures", get(reports::get_disclosures))
         .route("/v1/api-keys", get(keys::list_keys).post(keys::create_key))
         .route("/v1/api-keys/{id}", axum::routing::delete(keys::revoke_key))
+        .route(
+            "/v1/retention/policies",
+            get(retention::get_policies).put(retention::put_policies),
+        )
+        .route(
+            "/v1/retention/apply",
+            axum::routing::post(retention::post_apply),
+        )
+        .route(
+            "/v1/legal-holds",
+            get(retention::list_holds).post(retention::create_hold),
+        )
+        .route(
+            "/v1/legal-holds/{id}",
+            axum::routing::delete(retention::release_hold),
+        )
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics_text))
@@ -330,6 +349,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         outbox_lock: Arc::new(tokio::sync::Mutex::new(())),
         rate_limiter: auth::RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst)
             .map(Arc::new),
+        retention_lock: Arc::new(tokio::sync::Mutex::new(())),
     };
     let listener = TcpListener::bind(config.listen)
         .await
@@ -446,8 +466,31 @@ fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, ServerErro
 async fn maintenance(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_expiry: Option<Instant> = None;
+    let mut last_purge = Instant::now();
     loop {
         tick.tick().await;
+        let every = Duration::from_secs(u64::from(state.config.retention_interval_hours) * 3600);
+        if !every.is_zero() && last_purge.elapsed() >= every {
+            last_purge = Instant::now();
+            let actor = keys::Actor {
+                principal_id: "vellum".into(),
+                principal_type: "system",
+                organization_id: None,
+                ip: None,
+                endpoint: "scheduled retention".into(),
+            };
+            match retention::run(&state, &actor, false).await {
+                Ok(report) if report.purged > 0 => {
+                    tracing::info!(
+                        purged = report.purged,
+                        held = report.held,
+                        "retention purge"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = ?e, "scheduled retention purge failed"),
+            }
+        }
         if let Err(e) = outbox::drain(&state).await {
             tracing::warn!(error = ?e, "outbox drain failed; retrying");
         }
@@ -469,72 +512,159 @@ async fn maintenance(state: AppState) {
     }
 }
 
-/// Appends the outbox's queued audit events when no server is running on the data directory
-/// (`vellum keys …` with the server stopped): takes the directory's lock, runs a writer for
-/// the moment, and releases it. Returns `None`, doing nothing, when a server holds the lock:
-/// that server appends them within a second.
-pub async fn drain_outbox_offline(config: &ServerConfig) -> Result<Option<usize>, ServerError> {
-    let data_dir = config.data_dir.clone();
-    let lock = match lock_data_dir(&data_dir) {
-        Ok(lock) => lock,
-        Err(ServerError::Io { source, .. }) if source.kind() == std::io::ErrorKind::WouldBlock => {
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
-    };
-    let sqlite = {
-        let dir = data_dir.clone();
-        let options = SqliteOptions {
-            run_indexer: false,
-            ..SqliteOptions::default()
+/// The data directory's writer, run by a `vellum` command while no server holds the directory
+/// (`vellum keys`, `vellum retention apply`): it takes the directory's lock, so it is the one
+/// writer of every log for as long as it lives.
+pub struct OfflineWriter {
+    lock: std::fs::File,
+    sqlite: Arc<SqliteStore>,
+    /// The store.
+    pub store: Arc<dyn AuditStore>,
+    /// The pipeline events go through.
+    pub pipeline: Pipeline,
+    /// Submission side of the writer.
+    pub ingest: ingest::IngestHandle,
+    writer: ingest::Writer,
+}
+
+impl OfflineWriter {
+    /// Opens the directory's writer; `None`, touching nothing, when a server holds it.
+    pub async fn open(config: &ServerConfig) -> Result<Option<Self>, ServerError> {
+        let data_dir = config.data_dir.clone();
+        let lock = match lock_data_dir(&data_dir) {
+            Ok(lock) => lock,
+            Err(ServerError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::WouldBlock =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
         };
-        tokio::task::spawn_blocking(move || SqliteStore::open(&dir, options))
-            .await
-            .map_err(|e| ServerError::Io {
-                context: "opening the store".into(),
-                source: std::io::Error::other(e.to_string()),
-            })??
+        let sqlite = {
+            let dir = data_dir.clone();
+            let options = SqliteOptions {
+                run_indexer: false,
+                ..SqliteOptions::default()
+            };
+            tokio::task::spawn_blocking(move || SqliteStore::open(&dir, options))
+                .await
+                .map_err(|e| ServerError::Io {
+                    context: "opening the store".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })??
+        };
+        let store: Arc<dyn AuditStore> = sqlite.clone();
+        let keyring = Arc::new(bootstrap::load_keyring(
+            &data_dir,
+            config.crypto_secret.as_ref(),
+            config.crypto_keys.as_ref(),
+        )?);
+        let token_key = keyring.derive("redaction-token");
+        let redactor = Redactor::new(&config.redaction, &token_key)?;
+        let pipeline = Pipeline::new(config.validation.clone(), redactor);
+        let signer = Arc::new(bootstrap::load_or_create_checkpoint_signer(
+            &data_dir,
+            config.checkpoint_key_file.as_deref(),
+            &config.checkpoint_key_name,
+            store.as_ref(),
+        )?);
+        let (writer, ingest) = ingest::Writer::start(
+            store.clone(),
+            config.enable_signatures.then(|| keyring.clone()),
+            signer,
+            ingest::WriterConfig {
+                capacity: config.ingest_queue_events,
+                max_batch: config.max_commit_batch,
+                log_per_organization: config.log_per_organization,
+                checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms.max(1)),
+            },
+        )?;
+        Ok(Some(Self {
+            lock,
+            sqlite,
+            store,
+            pipeline,
+            ingest,
+            writer,
+        }))
+    }
+
+    /// Appends the outbox, stops the writer (it drains what it was given) and releases the
+    /// directory.
+    pub async fn close(self) -> Result<(), ServerError> {
+        let drained = outbox::drain_with(&self.store, &self.pipeline, &self.ingest).await;
+        let Self {
+            lock,
+            sqlite,
+            store,
+            ingest,
+            writer,
+            ..
+        } = self;
+        drop(ingest);
+        drop(store);
+        tokio::task::spawn_blocking(move || {
+            writer.join();
+            sqlite.shutdown();
+        })
+        .await
+        .map_err(|e| ServerError::Io {
+            context: "stopping the writer".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        drop(lock);
+        drained.map(|_| ()).map_err(|e| ServerError::Io {
+            context: "appending the outbox".into(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    }
+}
+
+/// Appends the outbox's queued audit events when no server is running on the data directory
+/// (`vellum keys …` with the server stopped). Returns `None`, doing nothing, when a server
+/// holds the directory: that server appends them within a second.
+pub async fn drain_outbox_offline(config: &ServerConfig) -> Result<Option<usize>, ServerError> {
+    match OfflineWriter::open(config).await? {
+        None => Ok(None),
+        Some(writer) => writer.close().await.map(|()| Some(0)),
+    }
+}
+
+/// `vellum retention apply`: a purge run at the current time on a data directory no server
+/// holds (`None` when one does: use its `POST /v1/retention/apply`). A dry run is recorded as
+/// `retention.dryrun`; a purge by its `retention.purge` records.
+pub async fn retention_offline(
+    config: &ServerConfig,
+    dry_run: bool,
+) -> Result<Option<retention::PurgeReport>, ServerError> {
+    let Some(writer) = OfflineWriter::open(config).await? else {
+        return Ok(None);
     };
-    let store: Arc<dyn AuditStore> = sqlite.clone();
-    let keyring = Arc::new(bootstrap::load_keyring(
-        &data_dir,
-        config.crypto_secret.as_ref(),
-        config.crypto_keys.as_ref(),
-    )?);
-    let token_key = keyring.derive("redaction-token");
-    let redactor = Redactor::new(&config.redaction, &token_key)?;
-    let pipeline = Pipeline::new(config.validation.clone(), redactor);
-    let signer = Arc::new(bootstrap::load_or_create_checkpoint_signer(
-        &data_dir,
-        config.checkpoint_key_file.as_deref(),
-        &config.checkpoint_key_name,
-        store.as_ref(),
-    )?);
-    let (writer, ingest) = ingest::Writer::start(
-        store.clone(),
-        config.enable_signatures.then(|| keyring.clone()),
-        signer,
-        ingest::WriterConfig {
-            capacity: config.ingest_queue_events,
-            max_batch: config.max_commit_batch,
-            log_per_organization: config.log_per_organization,
-            checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms.max(1)),
-        },
-    )?;
-    let drained = outbox::drain_with(&store, &pipeline, &ingest).await;
-    drop(ingest);
-    tokio::task::spawn_blocking(move || {
-        writer.join();
-        sqlite.shutdown();
-    })
-    .await
-    .map_err(|e| ServerError::Io {
-        context: "stopping the writer".into(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    drop(lock);
-    drained.map(Some).map_err(|e| ServerError::Io {
-        context: "appending the outbox".into(),
-        source: std::io::Error::other(e.to_string()),
-    })
+    let actor = keys::Actor::cli("vellum retention apply");
+    let run = async {
+        let policies = retention::current_policies(writer.store.as_ref(), &config.retention)?;
+        let report = retention::purge(
+            &writer.store,
+            &writer.pipeline,
+            &writer.ingest,
+            &policies,
+            time::OffsetDateTime::now_utc(),
+            dry_run,
+            &actor,
+        )
+        .await
+        .map_err(|e| ServerError::Io {
+            context: "retention".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        if dry_run {
+            let mut event = retention::admin_event("retention.dryrun", &actor, "AuditLog", "all");
+            event["details"] = serde_json::to_value(&report).unwrap_or_default();
+            writer.store.push_outbox(&[event.to_string()])?;
+        }
+        Ok::<_, ServerError>(report)
+    };
+    let result = run.await;
+    writer.close().await?;
+    result.map(Some)
 }

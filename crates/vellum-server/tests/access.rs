@@ -135,6 +135,9 @@ async fn every_role_against_every_route() {
     let report =
         json!({"type": "HIPAA", "from": "2020-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"});
     let new_key = json!({"role": "reader"});
+    let policies = serde_json::to_value(vellum_core::retention::RetentionPolicies::default())
+        .expect("policies");
+    let hold = json!({"reason": "matrix", "patientId": "p-matrix"});
     let empty = json!({});
     // (method, path, body, roles allowed)
     let all = ["ingest", "reader", "auditor", "admin"];
@@ -189,6 +192,32 @@ async fn every_role_against_every_route() {
         (
             Method::DELETE,
             "/v1/api-keys/key_doesnotexist".into(),
+            None,
+            &["admin"],
+        ),
+        (Method::GET, "/v1/retention/policies".into(), None, &audit),
+        (
+            Method::PUT,
+            "/v1/retention/policies".into(),
+            Some(&policies),
+            &["admin"],
+        ),
+        (
+            Method::POST,
+            "/v1/retention/apply?dryRun=true".into(),
+            None,
+            &["admin"],
+        ),
+        (Method::GET, "/v1/legal-holds".into(), None, &audit),
+        (
+            Method::POST,
+            "/v1/legal-holds".into(),
+            Some(&hold),
+            &["admin"],
+        ),
+        (
+            Method::DELETE,
+            "/v1/legal-holds/hold-doesnotexist".into(),
             None,
             &["admin"],
         ),
@@ -478,5 +507,144 @@ async fn organizations_never_leak_into_each_other() {
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    server.stop().await;
+}
+
+/// Retention over HTTP: policies read and replaced (validated, audited), legal holds placed,
+/// listed and released (validated, audited, conflicts), and a dry run that reports and is
+/// recorded. (Purging itself runs with a fake clock in `tests/retention.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_policies_holds_and_dry_run_over_http() {
+    let server = Server::start().await;
+    let admin = server.admin.clone();
+    let (status, policies) = server
+        .call(&admin, Method::GET, "/v1/retention/policies", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{policies}");
+    assert_eq!(policies["defaults"]["PHI"], "hipaa-6-years");
+    let mut changed = policies.clone();
+    changed["policies"]
+        .as_array_mut()
+        .expect("policies")
+        .push(json!({"name": "research", "retentionDays": 30}));
+    changed["defaults"]["INTERNAL"] = json!("research");
+    let (status, stored) = server
+        .call(
+            &admin,
+            Method::PUT,
+            "/v1/retention/policies",
+            Some(&changed),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{stored}");
+    let (_, read_back) = server
+        .call(&admin, Method::GET, "/v1/retention/policies", None)
+        .await;
+    assert_eq!(read_back, changed);
+    // Invalid sets: every problem named by pointer, nothing stored.
+    let bad = json!({"policies": [{"name": "x", "retentionDays": 0}], "defaults": {"PHI": "nope"}});
+    let (status, reply) = server
+        .call(&admin, Method::PUT, "/v1/retention/policies", Some(&bad))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{reply}");
+    let paths: Vec<&str> = reply["error"]["details"]
+        .as_array()
+        .expect("details")
+        .iter()
+        .map(|d| d["path"].as_str().expect("path"))
+        .collect();
+    assert_eq!(paths, ["/policies/0/retentionDays", "/defaults/PHI"]);
+    let (_, unchanged) = server
+        .call(&admin, Method::GET, "/v1/retention/policies", None)
+        .await;
+    assert_eq!(unchanged, changed);
+
+    // Legal holds.
+    let (status, hold) = server
+        .call(
+            &admin,
+            Method::POST,
+            "/v1/legal-holds",
+            Some(&json!({"id": "case-12", "reason": "subpoena", "patientId": "p-9"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{hold}");
+    assert_eq!(
+        hold["createdBy"].as_str().map(|s| s.starts_with("key_")),
+        Some(true)
+    );
+    let (status, _) = server
+        .call(
+            &admin,
+            Method::POST,
+            "/v1/legal-holds",
+            Some(&json!({"id": "case-12", "reason": "again", "patientId": "p-9"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, reply) = server
+        .call(
+            &admin,
+            Method::POST,
+            "/v1/legal-holds",
+            Some(&json!({"reason": "everything"})),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a hold must name what it holds: {reply}"
+    );
+    let (_, listed) = server
+        .call(&admin, Method::GET, "/v1/legal-holds", None)
+        .await;
+    assert_eq!(
+        listed["holds"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+    let (status, released) = server
+        .call(&admin, Method::DELETE, "/v1/legal-holds/case-12", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{released}");
+    assert!(released["releasedAt"].is_string());
+    let (status, _) = server
+        .call(&admin, Method::DELETE, "/v1/legal-holds/case-12", None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // A dry run today: nothing has expired; the run is recorded.
+    server.ingest(&admin, clinical("org-a", "p-1")).await;
+    let (status, report) = server
+        .call(
+            &admin,
+            Method::POST,
+            "/v1/retention/apply?dryRun=true",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["dryRun"], true);
+    assert_eq!(report["expired"], 0);
+    let (status, _) = server
+        .call(
+            &admin,
+            Method::POST,
+            "/v1/retention/apply?dryRun=maybe",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Every change is in the log.
+    for action in [
+        "retention.policies.update",
+        "legalhold.create",
+        "legalhold.release",
+        "retention.dryrun",
+    ] {
+        let found = server.events_with_action(action).await;
+        assert_eq!(found.len(), 1, "{action}: {found:?}");
+    }
     server.stop().await;
 }

@@ -254,6 +254,10 @@ pub(crate) fn index_more(
         let mut insert_text =
             tx.prepare_cached("INSERT INTO fts (rowid, text, tags) VALUES (?1, ?2, ?3)")?;
         for (pos, body) in &rows {
+            // A purged event (tombstone) is not searchable.
+            if vellum_core::retention::Tombstone::from_body(body).is_some() {
+                continue;
+            }
             // A row that does not parse is indexed as empty rather than stopping the index;
             // `vellum verify` reports it.
             let fields = extract(body).unwrap_or_default();
@@ -503,7 +507,9 @@ fn choose_fts_plan(conn: &Connection, query: &SearchQuery) -> Result<FtsPlan, St
         return Ok(FtsPlan::Walk);
     }
     let (first_key, last_key): (Option<i64>, Option<i64>) = conn
-        .prepare_cached("SELECT min(k), max(k) FROM ev")?
+        // Two subqueries: SQLite answers a lone min() or max() from the B-tree edge, but
+        // `SELECT min(k), max(k)` scans the whole table (1.2 s on 10M rows).
+        .prepare_cached("SELECT (SELECT min(k) FROM ev), (SELECT max(k) FROM ev)")?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let (Some(first_key), Some(last_key)) = (first_key, last_key) else {
         return Ok(FtsPlan::Walk);
@@ -809,6 +815,7 @@ fn search_planned(
         }
     }
 
+    tracing::trace!(sql = %sql.text, ?plan, "search");
     let mut stmt = conn.prepare_cached(&sql.text)?;
     let arg_refs = sql.arg_refs();
     let mut rows = stmt.query(arg_refs.as_slice())?;
@@ -821,11 +828,17 @@ fn search_planned(
             break;
         }
         let key: i64 = row.get(0)?;
+        let body: String = row.get(4)?;
+        // Purged after it was indexed and before the index row was dropped (a crash between
+        // the two): not a result.
+        if vellum_core::retention::Tombstone::from_body(&body).is_some() {
+            continue;
+        }
         let event = StoredEvent {
             pos: row.get(1)?,
             log_id: row.get(2)?,
             seq: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
-            canonical: row.get(4)?,
+            canonical: body,
             hash: row.get(5)?,
             signature: row.get(6)?,
         };

@@ -78,6 +78,27 @@ pub trait AuditStore: Send + Sync + 'static {
     /// queued) when no such unrevoked key.
     fn revoke_api_key(&self, id: &str, at: &str, audit: &[String]) -> Result<bool, StoreError>;
 
+    /// Replaces purged events' content with their tombstones, in one transaction, and removes
+    /// them from the search index. A row is replaced only if it still holds the given hash;
+    /// returns how many were replaced.
+    fn tombstone_events(&self, log_id: &str, rows: &[TombstoneWrite]) -> Result<usize, StoreError>;
+
+    /// Places a legal hold and queues `audit` in the same transaction.
+    fn insert_legal_hold(&self, hold: &LegalHoldRecord, audit: &[String])
+    -> Result<(), StoreError>;
+    /// Releases a hold (kept, marked released) and queues `audit`; false if no such active hold.
+    fn release_legal_hold(
+        &self,
+        id: &str,
+        at: &str,
+        by: &str,
+        audit: &[String],
+    ) -> Result<bool, StoreError>;
+    /// Every legal hold, active and released, oldest first.
+    fn legal_holds(&self) -> Result<Vec<LegalHoldRecord>, StoreError>;
+    /// Sets a metadata value and queues `audit` in the same transaction.
+    fn meta_set_audited(&self, key: &str, value: &str, audit: &[String]) -> Result<(), StoreError>;
+
     /// Queues raw audit events for the log's writer (see [`OutboxEntry`]).
     fn push_outbox(&self, events: &[String]) -> Result<(), StoreError>;
     /// The oldest queued outbox entries, at most `limit`.

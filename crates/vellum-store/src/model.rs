@@ -194,6 +194,43 @@ pub struct OutboxEntry {
     pub event: String,
 }
 
+/// A legal hold as stored (SPEC §7).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LegalHoldRecord {
+    /// Id.
+    pub id: String,
+    /// Why.
+    pub reason: String,
+    /// Held organization.
+    pub organization_id: Option<String>,
+    /// Held principal.
+    pub principal_id: Option<String>,
+    /// Held patient.
+    pub patient_id: Option<String>,
+    /// Held data subject.
+    pub data_subject_id: Option<String>,
+    /// When placed.
+    pub created_at: String,
+    /// Who placed it (key id or `cli:<user>`).
+    pub created_by: String,
+    /// When released, if released.
+    pub released_at: Option<String>,
+    /// Who released it.
+    pub released_by: Option<String>,
+}
+
+/// A purged event's new body, for [`crate::AuditStore::tombstone_events`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TombstoneWrite {
+    /// Position in its log.
+    pub seq: u64,
+    /// Its stored hash; the row is only replaced if it still has this hash.
+    pub hash: [u8; 32],
+    /// The tombstone body.
+    pub body: String,
+}
+
 /// Time granularity of `GET /v1/stats` buckets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -69,6 +69,19 @@ const LOG_MIGRATIONS: &[&str] = &[
         created_at TEXT NOT NULL,
         event      TEXT NOT NULL
      );",
+    // v4: legal holds (SPEC §7). Released holds stay, with who released them and when.
+    "CREATE TABLE legal_holds (
+        id              TEXT PRIMARY KEY,
+        reason          TEXT NOT NULL,
+        organization_id TEXT,
+        principal_id    TEXT,
+        patient_id      TEXT,
+        data_subject_id TEXT,
+        created_at      TEXT NOT NULL,
+        created_by      TEXT NOT NULL,
+        released_at     TEXT,
+        released_by     TEXT
+     );",
 ];
 
 /// Version of `index.db` this binary writes. v2: the high-cardinality filters moved from

@@ -849,6 +849,139 @@ impl AuditStore for SqliteStore {
         Ok(changed > 0)
     }
 
+    fn tombstone_events(&self, log_id: &str, rows: &[TombstoneWrite]) -> Result<usize, StoreError> {
+        let mut replaced_positions = Vec::with_capacity(rows.len());
+        {
+            let mut conn = self.writer.lock();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut update = tx.prepare_cached(
+                    "UPDATE events SET body = ?3, signature = NULL
+                     WHERE log_id = ?1 AND seq = ?2 AND hash = ?4 RETURNING pos",
+                )?;
+                for row in rows {
+                    let pos: Option<i64> = update
+                        .query_row(
+                            params![
+                                log_id,
+                                i64::try_from(row.seq).unwrap_or(i64::MAX),
+                                row.body,
+                                &row.hash[..]
+                            ],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    replaced_positions.extend(pos);
+                }
+            }
+            tx.commit()?;
+        }
+        // The index is derived: drop the purged rows from it now. (If this fails or the process
+        // dies first, searches skip tombstones they meet, and a rebuild drops them for good.)
+        let mut index = open_index(&self.dir, true)?;
+        let tx = index.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut key_of = tx.prepare_cached("SELECT k FROM ev WHERE pos = ?1")?;
+            let mut delete_text = tx.prepare_cached("DELETE FROM fts WHERE rowid = ?1")?;
+            let mut delete_row = tx.prepare_cached("DELETE FROM ev WHERE k = ?1")?;
+            for pos in &replaced_positions {
+                if let Some(k) = key_of
+                    .query_row(params![pos], |r| r.get::<_, i64>(0))
+                    .optional()?
+                {
+                    delete_text.execute(params![k])?;
+                    delete_row.execute(params![k])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(replaced_positions.len())
+    }
+
+    fn insert_legal_hold(
+        &self,
+        hold: &LegalHoldRecord,
+        audit: &[String],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO legal_holds (id, reason, organization_id, principal_id, patient_id,
+                data_subject_id, created_at, created_by, released_at, released_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, NULL)",
+            params![
+                hold.id,
+                hold.reason,
+                hold.organization_id,
+                hold.principal_id,
+                hold.patient_id,
+                hold.data_subject_id,
+                hold.created_at,
+                hold.created_by
+            ],
+        )?;
+        push_outbox_in(&tx, audit)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn release_legal_hold(
+        &self,
+        id: &str,
+        at: &str,
+        by: &str,
+        audit: &[String],
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let changed = tx.execute(
+            "UPDATE legal_holds SET released_at = ?2, released_by = ?3
+             WHERE id = ?1 AND released_at IS NULL",
+            params![id, at, by],
+        )?;
+        if changed > 0 {
+            push_outbox_in(&tx, audit)?;
+        }
+        tx.commit()?;
+        Ok(changed > 0)
+    }
+
+    fn legal_holds(&self) -> Result<Vec<LegalHoldRecord>, StoreError> {
+        let conn = self.writer.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, reason, organization_id, principal_id, patient_id, data_subject_id,
+                created_at, created_by, released_at, released_by
+             FROM legal_holds ORDER BY created_at, id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(LegalHoldRecord {
+                id: r.get(0)?,
+                reason: r.get(1)?,
+                organization_id: r.get(2)?,
+                principal_id: r.get(3)?,
+                patient_id: r.get(4)?,
+                data_subject_id: r.get(5)?,
+                created_at: r.get(6)?,
+                created_by: r.get(7)?,
+                released_at: r.get(8)?,
+                released_by: r.get(9)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn meta_set_audited(&self, key: &str, value: &str, audit: &[String]) -> Result<(), StoreError> {
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+            params![key, value],
+        )?;
+        push_outbox_in(&tx, audit)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     fn push_outbox(&self, events: &[String]) -> Result<(), StoreError> {
         let mut conn = self.writer.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;

@@ -6,6 +6,7 @@ mod export;
 mod keys;
 mod query;
 mod report;
+mod retention;
 mod settings;
 mod verify;
 
@@ -53,6 +54,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Create, list and revoke API keys on the data directory (server running or not).
     Keys(keys::KeysArgs),
+    /// Apply retention policies to the data directory (with the server stopped).
+    Retention(retention::RetentionArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -147,6 +150,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys(args) => {
             let config = settings::load(&overrides)?;
             keys::run(&config, &args)
+        }
+        Command::Retention(args) => {
+            let config = settings::load(&overrides)?;
+            retention::run(&config, &args)
         }
     }
 }

@@ -243,3 +243,52 @@ fn hmac_rotation_signs_new_events_with_the_new_key_and_old_ones_still_verify() {
         "{report}"
     );
 }
+
+/// `vellum retention apply`: runs as the directory's writer when no server does (a dry run is
+/// recorded and verify stays green), and refuses, pointing at the API, while one does.
+#[test]
+fn retention_apply_runs_offline_and_refuses_beside_a_server() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let server = Server::start(&data);
+    let admin = server.admin_key();
+    let rt = common::runtime();
+    rt.block_on(common::post_batch(
+        &common::client(),
+        &server.url(),
+        &admin,
+        vec![common::event("retention.cli", 1)],
+    ));
+    let mut cmd = common::vellum(tmp.path());
+    cmd.arg("--data-dir")
+        .arg(&data)
+        .args(["retention", "apply", "--dry-run"]);
+    cmd.env("AUDIT_CRYPTO_SECRET", common::SECRET);
+    let out = common::run(cmd, common::CLI_LIMIT);
+    assert!(!out.status.success(), "ran beside a server");
+    assert!(
+        common::text(&out.stderr).contains("/v1/retention/apply"),
+        "{}",
+        common::text(&out.stderr)
+    );
+    assert!(server.terminate().success());
+
+    let mut cmd = common::vellum(tmp.path());
+    cmd.arg("--data-dir")
+        .arg(&data)
+        .args(["retention", "apply", "--dry-run", "--json"]);
+    cmd.env("AUDIT_CRYPTO_SECRET", common::SECRET);
+    let out = common::run(cmd, common::CLI_LIMIT);
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["dryRun"], true);
+    assert_eq!(
+        report["expired"], 0,
+        "nothing expires on its first day: {report}"
+    );
+    let out = common::verify(&data, &["--json"]);
+    assert!(out.status.success(), "{}", common::text(&out.stdout));
+    let verified: Value = serde_json::from_slice(&out.stdout).expect("json");
+    // The event sent and the record of the dry run.
+    assert_eq!(verified["logs"][0]["events"], 2, "{verified}");
+}
