@@ -83,6 +83,17 @@ pub enum Failure {
         /// `logId` inside the event.
         claimed_log: Option<String>,
     },
+    /// The store files the event under another `id` than the one inside it: a lookup by id
+    /// (`GET /v1/events/{id}`) would return the wrong event.
+    #[serde(rename_all = "camelCase")]
+    Misfiled {
+        /// Position.
+        seq: u64,
+        /// The `id` inside the event.
+        id: String,
+        /// The `id` the store files it under.
+        filed_as: String,
+    },
     /// The stored text is not an event this server could have written.
     #[serde(rename_all = "camelCase")]
     Malformed {
@@ -168,6 +179,7 @@ impl Failure {
             | Self::Unsigned { seq }
             | Self::ChainBreak { seq, .. }
             | Self::Misplaced { seq, .. }
+            | Self::Misfiled { seq, .. }
             | Self::Malformed { seq, .. } => *seq,
             Self::Missing { from_seq, .. } | Self::CheckpointMismatch { from_seq, .. } => *from_seq,
             Self::Truncated { log_size, .. } => *log_size,
@@ -226,6 +238,10 @@ impl std::fmt::Display for Failure {
                 "seq {seq}: stored here but claims seq {claimed_seq:?} of log {claimed_log:?}: moved"
             ),
             Self::Malformed { seq, reason } => write!(f, "seq {seq}: malformed: {reason}"),
+            Self::Misfiled { seq, id, filed_as } => write!(
+                f,
+                "seq {seq}: event {id} is filed under id {filed_as}: lookups by id return the wrong event"
+            ),
             Self::CheckpointMismatch {
                 from_seq,
                 tree_size,
@@ -285,6 +301,8 @@ impl std::fmt::Display for Failure {
 #[serde(rename_all = "camelCase")]
 struct ChainFields<'a> {
     #[serde(borrow)]
+    id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
     log_id: Option<std::borrow::Cow<'a, str>>,
     seq: Option<u64>,
     #[serde(borrow)]
@@ -330,6 +348,8 @@ struct RowFields {
     prev_hash: Option<[u8; 32]>,
     /// The purge this event records, when it is a `retention.purge` record.
     purge_record: Option<PurgeRecord>,
+    /// The `id` inside the event, as 16 bytes (`None` if absent or not a UUID).
+    id: Option<[u8; 16]>,
 }
 
 #[derive(Debug, Clone)]
@@ -340,6 +360,13 @@ enum SignatureFacts {
     Mismatch,
     UnknownKey(String),
     Incomplete,
+}
+
+/// The 16 bytes of a UUID in its hyphenated text form.
+fn uuid_bytes(text: &str) -> Option<[u8; 16]> {
+    let compact: String = text.chars().filter(|c| *c != '-').collect();
+    let bytes = hex::decode(compact).ok()?;
+    <[u8; 16]>::try_from(bytes.as_slice()).ok()
 }
 
 /// Computes a row's [`RowFacts`] for the log `log_id`; `keyring` `None` skips the HMAC.
@@ -362,6 +389,7 @@ pub fn row_facts(
                 other_log: None,
                 prev_hash: None,
                 purge_record: None,
+                id: None,
             }),
             signature: SignatureFacts::NotChecked,
             tombstone: Some(tombstone),
@@ -407,6 +435,7 @@ pub fn row_facts(
                     other_log,
                     prev_hash: f.prev_hash.as_deref().and_then(from_hex),
                     purge_record,
+                    id: f.id.as_deref().and_then(uuid_bytes),
                 }),
                 sig,
             )
@@ -524,6 +553,31 @@ impl<'k> ChainVerifier<'k> {
     /// Checks the row stored at `seq` with its stored `hash` and `signature`.
     pub fn check(&mut self, seq: u64, canonical: &str, hash: &[u8], signature: Option<&[u8]>) {
         let facts = row_facts(&self.log_id, self.keyring, canonical, hash, signature);
+        self.check_facts(seq, hash, facts);
+    }
+
+    /// [`ChainVerifier::check_facts`], also checking the `id` the store files the row under
+    /// (the lookup column) against the `id` inside the event.
+    pub fn check_filed_facts(
+        &mut self,
+        seq: u64,
+        hash: &[u8],
+        filed_as: Option<&[u8; 16]>,
+        facts: RowFacts,
+    ) {
+        if let (Some(filed), Ok(fields)) = (filed_as, &facts.fields)
+            && facts.tombstone.is_none()
+            && fields.id.as_ref() != Some(filed)
+        {
+            self.failures.push(Failure::Misfiled {
+                seq,
+                id: fields.id.map_or_else(
+                    || "(none)".to_owned(),
+                    |id| uuid::Uuid::from_bytes(id).to_string(),
+                ),
+                filed_as: uuid::Uuid::from_bytes(*filed).to_string(),
+            });
+        }
         self.check_facts(seq, hash, facts);
     }
 

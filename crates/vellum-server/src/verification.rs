@@ -188,7 +188,7 @@ fn verify_log(
         for rows in rx {
             let rows = rows?;
             for (row, facts) in rows.iter().zip(parallel_facts(log_id, keyring, &rows)) {
-                verifier.check_facts(row.seq, &row.hash, facts);
+                verifier.check_filed_facts(row.seq, &row.hash, row.id_column.as_ref(), facts);
             }
             compare_tiles(store, log_id, &mut verifier, &mut tiles_ok)?;
             progress(rows.len() as u64);

@@ -841,6 +841,7 @@ fn search_planned(
             canonical: body,
             hash: row.get(5)?,
             signature: row.get(6)?,
+            id_column: None,
         };
         last_key = Some(key);
         events.push(event);

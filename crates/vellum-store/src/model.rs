@@ -69,6 +69,9 @@ pub struct StoredEvent {
     pub hash: Vec<u8>,
     /// Stored signature.
     pub signature: Option<Vec<u8>>,
+    /// The `id` column the store files the event under (what `GET /v1/events/{id}` looks up),
+    /// when the read fetched it; verification checks it against the `id` inside the event.
+    pub id_column: Option<[u8; 16]>,
 }
 
 impl StoredEvent {

@@ -569,6 +569,9 @@ fn row_to_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
         canonical: row.get(3)?,
         hash: row.get(4)?,
         signature: row.get(5)?,
+        id_column: row
+            .get::<_, Option<Vec<u8>>>(6)?
+            .and_then(|id| <[u8; 16]>::try_from(id.as_slice()).ok()),
     })
 }
 
@@ -691,11 +694,27 @@ impl AuditStore for SqliteStore {
     fn get_event(&self, id: &uuid::Uuid) -> Result<Option<StoredEvent>, StoreError> {
         self.with_reader(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT pos, log_id, seq, body, hash, signature FROM log.events WHERE id = ?1",
+                "SELECT pos, log_id, seq, body, hash, signature, id FROM log.events WHERE id = ?1",
             )?;
-            Ok(stmt
+            let event = stmt
                 .query_row(params![&id.as_bytes()[..]], row_to_event)
-                .optional()?)
+                .optional()?;
+            // The lookup column is not hashed; the `id` inside the event is. A row filed
+            // under another event's id must not be served as that event.
+            if let Some(event) = &event
+                && vellum_core::retention::Tombstone::from_body(&event.canonical).is_none()
+            {
+                let inside = serde_json::from_str::<serde_json::Value>(&event.canonical)
+                    .ok()
+                    .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_owned));
+                if inside.as_deref() != Some(id.hyphenated().to_string().as_str()) {
+                    return Err(StoreError::Corrupt(format!(
+                        "the event filed under id {id} (seq {} of log {}) carries id {inside:?}: run vellum verify",
+                        event.seq, event.log_id
+                    )));
+                }
+            }
+            Ok(event)
         })
     }
 
@@ -729,7 +748,7 @@ impl AuditStore for SqliteStore {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         self.with_reader(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT pos, log_id, seq, body, hash, signature FROM log.events
+                "SELECT pos, log_id, seq, body, hash, signature, id FROM log.events
                  WHERE log_id = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3",
             )?;
             let rows = stmt.query_map(

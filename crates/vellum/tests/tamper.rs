@@ -816,3 +816,61 @@ fn store_written_without_signatures() {
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains(&format!("FAIL seq {K}:")), "{stdout}");
 }
+
+/// The `id` column is a lookup index outside the hash: swapping it between two events would
+/// make `GET /v1/events/{id}` serve the wrong event. Verify names both positions; the store
+/// refuses to serve a row whose body carries another id.
+#[test]
+fn swapped_id_columns_are_caught() {
+    let (_tmp, data) = store();
+    with_db(&data, |c| {
+        let id_at = |seq: i64| -> Vec<u8> {
+            c.query_row("SELECT id FROM events WHERE seq = ?1", [seq], |r| r.get(0))
+                .expect("id")
+        };
+        let (a, b) = (id_at(K), id_at(K + 1));
+        // Through a placeholder, as the column is UNIQUE.
+        c.execute("UPDATE events SET id = x'00' WHERE seq = ?1", [K])
+            .expect("park");
+        c.execute(
+            "UPDATE events SET id = ?1 WHERE seq = ?2",
+            rusqlite::params![a, K + 1],
+        )
+        .expect("swap 1");
+        c.execute(
+            "UPDATE events SET id = ?1 WHERE seq = ?2",
+            rusqlite::params![b, K],
+        )
+        .expect("swap 2");
+    });
+    let stdout = verify_fails(&data, &["--json"]);
+    let (_, failures) = json_failures(&stdout);
+    let misfiled: Vec<&Value> = failures
+        .iter()
+        .filter(|f| f["kind"] == "misfiled")
+        .collect();
+    assert_eq!(misfiled.len(), 2, "{stdout}");
+    assert_eq!(misfiled[0]["seq"], K);
+    assert_eq!(misfiled[1]["seq"], K + 1);
+    assert_eq!(failures.len(), 2, "nothing else is wrong: {stdout}");
+
+    let store = vellum_store::sqlite::SqliteStore::open(
+        &data,
+        vellum_store::sqlite::SqliteOptions {
+            run_indexer: false,
+            ..Default::default()
+        },
+    )
+    .expect("store");
+    let filed_id = with_db(&data, |c| -> Vec<u8> {
+        c.query_row("SELECT id FROM events WHERE seq = ?1", [K], |r| r.get(0))
+            .expect("id")
+    });
+    let uuid = uuid::Uuid::from_slice(&filed_id).expect("uuid");
+    let served = vellum_store::AuditStore::get_event(store.as_ref(), &uuid);
+    assert!(
+        matches!(served, Err(vellum_store::StoreError::Corrupt(_))),
+        "served the wrong event: {served:?}"
+    );
+    store.shutdown();
+}
