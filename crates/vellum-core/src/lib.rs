@@ -23,6 +23,7 @@ pub mod redact;
 pub mod report;
 pub mod retention;
 pub mod sanitize;
+pub mod shred;
 pub mod tiles;
 pub mod time_fmt;
 pub mod validate;

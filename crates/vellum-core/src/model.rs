@@ -24,6 +24,7 @@ pub const SERVER_FIELDS: &[&str] = &[
     "signature",
     "redactions",
     "decrypted",
+    "sealed",
 ];
 
 /// Fields excluded from the canonical (hashed) form (SPEC §3).
@@ -69,6 +70,7 @@ pub fn is_server_field(key: &str) -> bool {
             | "signature"
             | "redactions"
             | "decrypted"
+            | "sealed"
     )
 }
 

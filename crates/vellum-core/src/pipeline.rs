@@ -66,6 +66,10 @@ pub struct SealedEvent {
     pub signature: Option<(String, [u8; 32])>,
 }
 
+/// The last step of [`Pipeline::prepare_sealed`]: may move members of the event (after
+/// validation, defaults and redaction) into a sealed form before canonicalization.
+pub type Sealer<'a> = dyn FnMut(&mut serde_json::Map<String, Value>) -> Result<(), FieldError> + 'a;
+
 impl Pipeline {
     /// Builds a pipeline from its validation limits and compiled redaction rules.
     pub fn new(validation: ValidationConfig, redactor: Redactor) -> Self {
@@ -85,9 +89,22 @@ impl Pipeline {
     /// `now` fills `timestamp` when the client sent none.
     pub fn prepare(
         &self,
+        event: Value,
+        encoded_len: usize,
+        now: OffsetDateTime,
+    ) -> Result<PreparedEvent, Vec<FieldError>> {
+        self.prepare_sealed(event, encoded_len, now, &mut |_| Ok(()))
+    }
+
+    /// [`Pipeline::prepare`] with a last step on the validated, defaulted, redacted members
+    /// before they are canonicalized: the server seals a data subject's values there
+    /// ([`crate::shred`]), so the hash covers the sealed form.
+    pub fn prepare_sealed(
+        &self,
         mut event: Value,
         encoded_len: usize,
         now: OffsetDateTime,
+        seal: &mut Sealer<'_>,
     ) -> Result<PreparedEvent, Vec<FieldError>> {
         let signals = sanitize(&mut event);
         validate(&event, encoded_len, &self.validation)?;
@@ -108,6 +125,7 @@ impl Pipeline {
             }
         }
         let redactions = self.redactor.redact(&mut map);
+        seal(&mut map).map_err(|e| vec![e])?;
         let idempotency_key = map
             .get("idempotencyKey")
             .and_then(Value::as_str)

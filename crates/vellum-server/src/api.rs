@@ -367,7 +367,10 @@ fn prepare_one(
             }
         }
     }
-    state.pipeline.prepare(value, raw.len(), now)
+    let mut seal = crate::subjects::sealer(&state.subjects, &state.config.personal_fields);
+    state
+        .pipeline
+        .prepare_sealed(value, raw.len(), now, &mut seal)
 }
 
 /// Hands prepared events to the writer and waits until they are durable.
@@ -618,6 +621,7 @@ pub async fn search_events(
     require_read(&state, &principal, peer, "/v1/events", Role::Reader).await?;
     let mut query = parse_search(&params)?;
     scope_query(&principal, &mut query)?;
+    tokio::task::block_in_place(|| crate::subjects::translate_filter(&state.subjects, &mut query))?;
     let store = state.store.clone();
     let page = tokio::task::spawn_blocking(move || store.search(&query))
         .await
@@ -629,7 +633,7 @@ pub async fn search_events(
         peer,
         "/v1/events",
         None,
-        json!({"query": params, "resultCount": page.events.len()}),
+        json!({"query": crate::subjects::scrub_params(&params), "resultCount": page.events.len()}),
     )
     .await?;
     let mut body = String::with_capacity(
@@ -644,7 +648,14 @@ pub async fn search_events(
         if i > 0 {
             body.push(',');
         }
-        body.push_str(&event.to_api_json());
+        let json = event.to_api_json();
+        if crate::subjects::may_decrypt(&principal) {
+            body.push_str(&tokio::task::block_in_place(|| {
+                crate::subjects::with_decrypted(json, &event.canonical, &state.subjects)
+            }));
+        } else {
+            body.push_str(&json);
+        }
     }
     body.push_str("],\"nextCursor\":");
     match &page.next_cursor {
@@ -717,7 +728,13 @@ pub async fn get_event(
         json!({"resultCount": 1}),
     )
     .await?;
-    Ok(json_response(StatusCode::OK, event.to_api_json()))
+    let mut body = event.to_api_json();
+    if crate::subjects::may_decrypt(&principal) {
+        body = tokio::task::block_in_place(|| {
+            crate::subjects::with_decrypted(body, &event.canonical, &state.subjects)
+        });
+    }
+    Ok(json_response(StatusCode::OK, body))
 }
 
 /// Liveness: the process answers.

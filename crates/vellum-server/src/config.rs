@@ -67,6 +67,9 @@ pub struct ServerConfig {
     pub retention: vellum_core::retention::RetentionPolicies,
     /// Hours between scheduled purges in `serve` (0: only on request). Default 24.
     pub retention_interval_hours: u32,
+    /// JSON pointers of the values sealed under a data subject's key, besides
+    /// `gdprContext.dataSubjectId` itself (SPEC §7).
+    pub personal_fields: Vec<String>,
 }
 
 /// Why a configuration is refused before anything starts.
@@ -182,6 +185,14 @@ impl Default for ServerConfig {
             rate_limit_burst: 0,
             retention: vellum_core::retention::RetentionPolicies::default(),
             retention_interval_hours: 24,
+            personal_fields: [
+                "/sessionContext/ipAddress",
+                "/sessionContext/userAgent",
+                "/outcomeDescription",
+                "/changes",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
         }
     }
 }

@@ -74,13 +74,14 @@ pub async fn get_export(
     };
     let mut query = parse_search(&params)?;
     scope_query(&principal, &mut query)?;
+    tokio::task::block_in_place(|| crate::subjects::translate_filter(&state.subjects, &mut query))?;
     record_read(
         &state,
         &principal,
         peer,
         "/v1/export",
         None,
-        json!({"format": format.name(), "query": params}),
+        json!({"format": format.name(), "query": crate::subjects::scrub_params(&params)}),
     )
     .await?;
 

@@ -22,6 +22,7 @@ pub mod proofs;
 pub mod reports;
 pub mod retention;
 pub mod stats;
+pub mod subjects;
 pub mod telemetry;
 pub mod tls;
 pub mod verification;
@@ -72,6 +73,8 @@ pub struct AppState {
     pub rate_limiter: Option<Arc<auth::RateLimiter>>,
     /// One purge run at a time.
     pub retention_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Data subjects' keys (crypto-shredding).
+    pub subjects: Arc<subjects::SubjectKeys>,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -128,7 +131,8 @@ pub enum ServerError {
         stats::get_stats,
         keys::create_key,
         keys::list_keys,
-        keys::revoke_key
+        keys::revoke_key,
+        subjects::erase_subject
     ),
     components(schemas(
         ingest::Receipt, api::BatchReceipt, api::AcceptedEntry, api::RejectedEntry,
@@ -220,6 +224,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/retention/apply",
             axum::routing::post(retention::post_apply),
+        )
+        .route(
+            "/v1/subjects/{id}/erase",
+            axum::routing::post(subjects::erase_subject),
         )
         .route(
             "/v1/legal-holds",
@@ -336,6 +344,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms.max(1)),
         },
     )?;
+    let subjects = Arc::new(subjects::SubjectKeys::new(store.clone(), &keyring));
     let state = AppState {
         store: store.clone(),
         pipeline,
@@ -350,6 +359,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         rate_limiter: auth::RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst)
             .map(Arc::new),
         retention_lock: Arc::new(tokio::sync::Mutex::new(())),
+        subjects,
     };
     let listener = TcpListener::bind(config.listen)
         .await

@@ -61,13 +61,16 @@ pub async fn get_stats(
     }
     let mut filter = parse_search(&params)?;
     scope_query(&principal, &mut filter)?;
+    tokio::task::block_in_place(|| {
+        crate::subjects::translate_filter(&state.subjects, &mut filter)
+    })?;
     record_read(
         &state,
         &principal,
         peer,
         "/v1/stats",
         None,
-        json!({"query": params}),
+        json!({"query": crate::subjects::scrub_params(&params)}),
     )
     .await?;
     let store = state.store.clone();

@@ -177,7 +177,10 @@ pub(crate) fn extract(canonical: &str) -> Result<IndexRow, StoreError> {
         session_id: string_at(&event, "/sessionContext/sessionId"),
         ip: string_at(&event, "/sessionContext/ipAddress"),
         patient_id: string_at(&event, "/healthcareContext/patientId"),
-        subject_id: string_at(&event, "/gdprContext/dataSubjectId"),
+        // A sealed event keeps its subject only as a tag under the subject's own key
+        // (`vellum_core::shred`): searchable while the key exists, unreachable after erasure.
+        subject_id: string_at(&event, "/gdprContext/dataSubjectId")
+            .or_else(|| string_at(&event, "/sealed/subjectTag")),
         correlation_id: string_at(&event, "/correlationId"),
         emergency: event.pointer("/healthcareContext/emergencyAccess") == Some(&Value::Bool(true)),
         text,

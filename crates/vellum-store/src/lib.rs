@@ -99,6 +99,27 @@ pub trait AuditStore: Send + Sync + 'static {
     /// Sets a metadata value and queues `audit` in the same transaction.
     fn meta_set_audited(&self, key: &str, value: &str, audit: &[String]) -> Result<(), StoreError>;
 
+    /// A data subject's wrapped key by its lookup hash: `(subject_ref, wrapped)`.
+    fn subject_key(&self, lookup: &str) -> Result<Option<(String, Vec<u8>)>, StoreError>;
+    /// A data subject's wrapped key by its reference (reads of sealed events).
+    fn subject_key_by_ref(&self, subject_ref: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Stores a subject key unless one exists for `lookup`; returns the one in force.
+    fn insert_subject_key(
+        &self,
+        lookup: &str,
+        subject_ref: &str,
+        wrapped: &[u8],
+    ) -> Result<(String, Vec<u8>), StoreError>;
+    /// Destroys a subject's key (crypto-shredding) and queues `audit` in the same transaction;
+    /// the deleted bytes are overwritten (`secure_delete`) and the WAL is checkpointed and
+    /// truncated, so the key leaves no copy in the files. Returns the subject reference, or
+    /// `None` when there was no key.
+    fn erase_subject_key(
+        &self,
+        lookup: &str,
+        audit: &[String],
+    ) -> Result<Option<String>, StoreError>;
+
     /// Queues raw audit events for the log's writer (see [`OutboxEntry`]).
     fn push_outbox(&self, events: &[String]) -> Result<(), StoreError>;
     /// The oldest queued outbox entries, at most `limit`.

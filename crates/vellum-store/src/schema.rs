@@ -82,6 +82,15 @@ const LOG_MIGRATIONS: &[&str] = &[
         released_at     TEXT,
         released_by     TEXT
      );",
+    // v5: per-data-subject keys for crypto-shredding (SPEC §7). `lookup` is a keyed hash of
+    // the subject id (never the id itself); `wrapped` is the subject key encrypted under a
+    // key-encryption key derived from the HMAC secret. Erasing a subject deletes its row.
+    "CREATE TABLE subject_keys (
+        lookup      TEXT PRIMARY KEY,
+        subject_ref TEXT NOT NULL UNIQUE,
+        wrapped     BLOB NOT NULL,
+        created_at  TEXT NOT NULL
+     );",
 ];
 
 /// Version of `index.db` this binary writes. v2: the high-cardinality filters moved from

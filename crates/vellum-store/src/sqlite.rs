@@ -1001,6 +1001,68 @@ impl AuditStore for SqliteStore {
         Ok(())
     }
 
+    fn subject_key(&self, lookup: &str) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        let conn = self.writer.lock();
+        Ok(conn
+            .prepare_cached("SELECT subject_ref, wrapped FROM subject_keys WHERE lookup = ?1")?
+            .query_row(params![lookup], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
+    fn subject_key_by_ref(&self, subject_ref: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let conn = self.writer.lock();
+        Ok(conn
+            .prepare_cached("SELECT wrapped FROM subject_keys WHERE subject_ref = ?1")?
+            .query_row(params![subject_ref], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn insert_subject_key(
+        &self,
+        lookup: &str,
+        subject_ref: &str,
+        wrapped: &[u8],
+    ) -> Result<(String, Vec<u8>), StoreError> {
+        let conn = self.writer.lock();
+        let now = vellum_core::time_fmt::format_server_time(time::OffsetDateTime::now_utc());
+        conn.execute(
+            "INSERT OR IGNORE INTO subject_keys (lookup, subject_ref, wrapped, created_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![lookup, subject_ref, wrapped, now],
+        )?;
+        Ok(conn
+            .prepare_cached("SELECT subject_ref, wrapped FROM subject_keys WHERE lookup = ?1")?
+            .query_row(params![lookup], |r| Ok((r.get(0)?, r.get(1)?)))?)
+    }
+
+    fn erase_subject_key(
+        &self,
+        lookup: &str,
+        audit: &[String],
+    ) -> Result<Option<String>, StoreError> {
+        let mut conn = self.writer.lock();
+        conn.pragma_update(None, "secure_delete", "ON")?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let subject_ref: Option<String> = tx
+            .query_row(
+                "DELETE FROM subject_keys WHERE lookup = ?1 RETURNING subject_ref",
+                params![lookup],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if subject_ref.is_some() {
+            push_outbox_in(&tx, audit)?;
+        }
+        tx.commit()?;
+        if subject_ref.is_some() {
+            // The WAL still holds the page image with the key: copy back (overwritten in the
+            // main file by secure_delete) and truncate it. Readers can delay the truncation;
+            // then the next WAL restart overwrites it.
+            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        }
+        Ok(subject_ref)
+    }
+
     fn push_outbox(&self, events: &[String]) -> Result<(), StoreError> {
         let mut conn = self.writer.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
