@@ -221,6 +221,12 @@ async fn every_role_against_every_route() {
             None,
             &["admin"],
         ),
+        (
+            Method::POST,
+            "/v1/subjects/ds-never-seen/erase".into(),
+            None,
+            &["admin"],
+        ),
     ];
     for (method, path, body, allowed) in &routes {
         for (role, key) in &keys {
