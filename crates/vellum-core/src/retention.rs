@@ -98,10 +98,10 @@ impl RetentionPolicies {
                     format!("{:?} is defined twice", policy.name),
                 ));
             }
-            if policy.retention_days == 0 {
+            if !(1..=MAX_RETENTION_DAYS).contains(&policy.retention_days) {
                 errors.push(FieldError::new(
                     format!("/policies/{i}/retentionDays"),
-                    "must be at least 1",
+                    format!("must be from 1 to {MAX_RETENTION_DAYS} (100 years)"),
                 ));
             }
         }
@@ -138,12 +138,16 @@ impl RetentionPolicies {
     }
 }
 
+/// The longest retention a policy may have (100 years).
+pub const MAX_RETENTION_DAYS: u32 = 36_525;
+
 /// Microseconds in a day.
 pub const DAY_MICROS: i64 = 86_400_000_000;
 
 /// Whether an event received at `received_at_micros` under `policy` may be purged at `now`.
 pub fn expired(received_at_micros: i64, policy: &Policy, now_micros: i64) -> bool {
-    received_at_micros.saturating_add(i64::from(policy.retention_days) * DAY_MICROS) <= now_micros
+    received_at_micros.saturating_add(i64::from(policy.retention_days).saturating_mul(DAY_MICROS))
+        <= now_micros
 }
 
 /// A legal hold: every event matching all of its given fields is kept while it exists.
@@ -425,5 +429,11 @@ mod tests {
         };
         assert!(!expired(0, &policy, 2 * DAY_MICROS - 1));
         assert!(expired(0, &policy, 2 * DAY_MICROS));
+        // Day counts beyond validation never overflow the clock arithmetic.
+        let forever = Policy {
+            name: "y".into(),
+            retention_days: u32::MAX,
+        };
+        assert!(!expired(0, &forever, i64::MAX / 2));
     }
 }

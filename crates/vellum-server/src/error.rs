@@ -90,6 +90,11 @@ impl ApiError {
         }
     }
 
+    /// 409: the request conflicts with the current state (already revoked, already exists).
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
     /// 401.
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)

@@ -189,16 +189,6 @@ pub fn new_key(
     Ok((record, generated.secret))
 }
 
-/// Appends the change's audit event before answering. The change and its record already
-/// committed together (outbox), so if the writer cannot take it now the periodic drain will;
-/// the change itself must still be reported (a created key's secret exists only in this
-/// response).
-async fn settle_audit(state: &AppState) {
-    if let Err(e) = crate::outbox::drain(state).await {
-        tracing::warn!(error = ?e, "key change stored; its audit event stays queued");
-    }
-}
-
 fn audit_json(event: &Value) -> Result<String, ApiError> {
     serde_json::to_string(event).map_err(|e| ApiError::internal(&e))
 }
@@ -238,7 +228,7 @@ pub async fn create_key(
     tokio::task::spawn_blocking(move || store.insert_api_key(&stored, &audit))
         .await
         .map_err(|e| ApiError::internal(&e))??;
-    settle_audit(&state).await;
+    crate::outbox::settle(&state).await;
     let body = CreatedKey {
         info: KeyInfo::from(&record),
         key: secret.to_string(),
@@ -315,11 +305,9 @@ pub async fn revoke_key(
         return Err(ApiError::not_found(format!("no API key {id}")));
     };
     if record.revoked_at.is_some() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("API key {id} is already revoked"),
-        ));
+        return Err(ApiError::conflict(format!(
+            "API key {id} is already revoked"
+        )));
     }
     let at = vellum_core::time_fmt::format_server_time(time::OffsetDateTime::now_utc());
     record.revoked_at = Some(at.clone());
@@ -335,13 +323,11 @@ pub async fn revoke_key(
         .await
         .map_err(|e| ApiError::internal(&e))??;
     if !revoked {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("API key {id} is already revoked"),
-        ));
+        return Err(ApiError::conflict(format!(
+            "API key {id} is already revoked"
+        )));
     }
     state.auth.invalidate();
-    settle_audit(&state).await;
+    crate::outbox::settle(&state).await;
     Ok(Json(KeyInfo::from(&record)).into_response())
 }

@@ -303,28 +303,17 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     };
     let data_dir = config.data_dir.clone();
     let lock = lock_data_dir(&data_dir)?;
-    let sqlite = {
-        let dir = data_dir.clone();
-        let options = SqliteOptions {
+    let sqlite = open_sqlite(
+        &data_dir,
+        SqliteOptions {
             index_wait: Duration::from_millis(config.index_wait_ms),
             ..SqliteOptions::default()
-        };
-        tokio::task::spawn_blocking(move || SqliteStore::open(&dir, options))
-            .await
-            .map_err(|e| ServerError::Io {
-                context: "opening the store".into(),
-                source: std::io::Error::other(e.to_string()),
-            })??
-    };
+        },
+    )
+    .await?;
     let store: Arc<dyn AuditStore> = sqlite.clone();
-    let keyring = Arc::new(bootstrap::load_keyring(
-        &data_dir,
-        config.crypto_secret.as_ref(),
-        config.crypto_keys.as_ref(),
-    )?);
-    let token_key = keyring.derive("redaction-token");
-    let redactor = Redactor::new(&config.redaction, &token_key)?;
-    let pipeline = Arc::new(Pipeline::new(config.validation.clone(), redactor));
+    let (keyring, pipeline) = keyring_and_pipeline(&config)?;
+    let pipeline = Arc::new(pipeline);
     let admin_key_file = bootstrap::ensure_admin_key(&data_dir, store.as_ref())?;
     let signer = Arc::new(bootstrap::load_or_create_checkpoint_signer(
         &data_dir,
@@ -337,12 +326,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         store.clone(),
         config.enable_signatures.then(|| keyring.clone()),
         signer.clone(),
-        ingest::WriterConfig {
-            capacity: config.ingest_queue_events,
-            max_batch: config.max_commit_batch,
-            log_per_organization: config.log_per_organization,
-            checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms.max(1)),
-        },
+        writer_config(&config),
     )?;
     let subjects = Arc::new(subjects::SubjectKeys::new(store.clone(), &keyring));
     let state = AppState {
@@ -522,6 +506,47 @@ async fn maintenance(state: AppState) {
     }
 }
 
+/// Opens the data directory's SQLite store on the blocking pool.
+async fn open_sqlite(
+    data_dir: &std::path::Path,
+    options: SqliteOptions,
+) -> Result<Arc<SqliteStore>, ServerError> {
+    let dir = data_dir.to_owned();
+    Ok(
+        tokio::task::spawn_blocking(move || SqliteStore::open(&dir, options))
+            .await
+            .map_err(|e| ServerError::Io {
+                context: "opening the store".into(),
+                source: std::io::Error::other(e.to_string()),
+            })??,
+    )
+}
+
+/// The HMAC keyring of the data directory and the pipeline whose redaction tokens derive
+/// from it.
+fn keyring_and_pipeline(
+    config: &ServerConfig,
+) -> Result<(Arc<HmacKeyring>, Pipeline), ServerError> {
+    let keyring = Arc::new(bootstrap::load_keyring(
+        &config.data_dir,
+        config.crypto_secret.as_ref(),
+        config.crypto_keys.as_ref(),
+    )?);
+    let token_key = keyring.derive("redaction-token");
+    let redactor = Redactor::new(&config.redaction, &token_key)?;
+    Ok((keyring, Pipeline::new(config.validation.clone(), redactor)))
+}
+
+/// The writer's settings from the server's.
+fn writer_config(config: &ServerConfig) -> ingest::WriterConfig {
+    ingest::WriterConfig {
+        capacity: config.ingest_queue_events,
+        max_batch: config.max_commit_batch,
+        log_per_organization: config.log_per_organization,
+        checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms.max(1)),
+    }
+}
+
 /// The data directory's writer, run by a `vellum` command while no server holds the directory
 /// (`vellum keys`, `vellum retention apply`): it takes the directory's lock, so it is the one
 /// writer of every log for as long as it lives.
@@ -550,28 +575,16 @@ impl OfflineWriter {
             }
             Err(e) => return Err(e),
         };
-        let sqlite = {
-            let dir = data_dir.clone();
-            let options = SqliteOptions {
+        let sqlite = open_sqlite(
+            &data_dir,
+            SqliteOptions {
                 run_indexer: false,
                 ..SqliteOptions::default()
-            };
-            tokio::task::spawn_blocking(move || SqliteStore::open(&dir, options))
-                .await
-                .map_err(|e| ServerError::Io {
-                    context: "opening the store".into(),
-                    source: std::io::Error::other(e.to_string()),
-                })??
-        };
+            },
+        )
+        .await?;
         let store: Arc<dyn AuditStore> = sqlite.clone();
-        let keyring = Arc::new(bootstrap::load_keyring(
-            &data_dir,
-            config.crypto_secret.as_ref(),
-            config.crypto_keys.as_ref(),
-        )?);
-        let token_key = keyring.derive("redaction-token");
-        let redactor = Redactor::new(&config.redaction, &token_key)?;
-        let pipeline = Pipeline::new(config.validation.clone(), redactor);
+        let (keyring, pipeline) = keyring_and_pipeline(config)?;
         let signer = Arc::new(bootstrap::load_or_create_checkpoint_signer(
             &data_dir,
             config.checkpoint_key_file.as_deref(),
@@ -582,12 +595,7 @@ impl OfflineWriter {
             store.clone(),
             config.enable_signatures.then(|| keyring.clone()),
             signer,
-            ingest::WriterConfig {
-                capacity: config.ingest_queue_events,
-                max_batch: config.max_commit_batch,
-                log_per_organization: config.log_per_organization,
-                checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms.max(1)),
-            },
+            writer_config(config),
         )?;
         Ok(Some(Self {
             lock,
@@ -600,8 +608,8 @@ impl OfflineWriter {
     }
 
     /// Appends the outbox, stops the writer (it drains what it was given) and releases the
-    /// directory.
-    pub async fn close(self) -> Result<(), ServerError> {
+    /// directory. Returns how many outbox events were appended.
+    pub async fn close(self) -> Result<usize, ServerError> {
         let drained = outbox::drain_with(&self.store, &self.pipeline, &self.ingest).await;
         let Self {
             lock,
@@ -623,7 +631,7 @@ impl OfflineWriter {
             source: std::io::Error::other(e.to_string()),
         })?;
         drop(lock);
-        drained.map(|_| ()).map_err(|e| ServerError::Io {
+        drained.map_err(|e| ServerError::Io {
             context: "appending the outbox".into(),
             source: std::io::Error::other(e.to_string()),
         })
@@ -636,7 +644,7 @@ impl OfflineWriter {
 pub async fn drain_outbox_offline(config: &ServerConfig) -> Result<Option<usize>, ServerError> {
     match OfflineWriter::open(config).await? {
         None => Ok(None),
-        Some(writer) => writer.close().await.map(|()| Some(0)),
+        Some(writer) => writer.close().await.map(Some),
     }
 }
 

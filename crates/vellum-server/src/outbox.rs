@@ -87,6 +87,16 @@ pub async fn drain_with(
     }
 }
 
+/// Appends a change's queued audit event before a route answers. The change and its record
+/// already committed together, so if the writer cannot take it now the periodic drain will;
+/// the change itself must still be reported (a created key's secret exists only in that
+/// response), so a failure here is logged, not returned.
+pub async fn settle(state: &AppState) {
+    if let Err(e) = drain(state).await {
+        tracing::warn!(error = ?e, "change stored; its audit event stays queued");
+    }
+}
+
 /// Drains the outbox of a running server, one drain at a time; used by the key routes before
 /// they answer (so the change's record is durable when the client hears of it).
 pub async fn drain(state: &AppState) -> Result<usize, ApiError> {

@@ -27,7 +27,6 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use vellum_core::FieldError;
 use vellum_core::pipeline::Pipeline;
 use vellum_core::retention::{
     HoldFacts, LegalHold, PURGE_ACTION, PurgeDigest, RetentionPolicies, Tombstone, expired,
@@ -72,6 +71,20 @@ pub enum PurgeError {
     /// The purge record could not be appended (nothing was tombstoned for it).
     #[error("appending the purge record: {0}")]
     Writer(String),
+    /// A blocking store task did not finish.
+    #[error("store task: {0}")]
+    Task(String),
+}
+
+/// Runs a blocking store call on the blocking pool.
+async fn on_store<T: Send + 'static>(
+    store: &Arc<dyn AuditStore>,
+    call: impl FnOnce(&dyn AuditStore) -> Result<T, vellum_store::StoreError> + Send + 'static,
+) -> Result<T, PurgeError> {
+    let store = store.clone();
+    Ok(tokio::task::spawn_blocking(move || call(store.as_ref()))
+        .await
+        .map_err(|e| PurgeError::Task(e.to_string()))??)
 }
 
 /// The policy set in force: the one stored through the API, else the configuration's.
@@ -109,41 +122,34 @@ pub async fn purge(
     let Some(shortest) = policies.shortest_days() else {
         return Ok(report);
     };
-    let horizon = now_micros - i64::from(shortest) * vellum_core::retention::DAY_MICROS;
-    let holds: Vec<LegalHold> = {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || store.legal_holds())
-            .await
-            .map_err(|e| PurgeError::Writer(e.to_string()))??
-            .into_iter()
-            .filter(|h| h.released_at.is_none())
-            .map(|h| LegalHold {
-                id: Some(h.id),
-                reason: h.reason,
-                organization_id: h.organization_id,
-                principal_id: h.principal_id,
-                patient_id: h.patient_id,
-                data_subject_id: h.data_subject_id,
-            })
-            .collect()
+    let horizon = now_micros
+        .saturating_sub(i64::from(shortest).saturating_mul(vellum_core::retention::DAY_MICROS));
+    let holds: Vec<LegalHold> = on_store(store, |s| s.legal_holds())
+        .await?
+        .into_iter()
+        .filter(|h| h.released_at.is_none())
+        .map(|h| LegalHold {
+            id: Some(h.id),
+            reason: h.reason,
+            organization_id: h.organization_id,
+            principal_id: h.principal_id,
+            patient_id: h.patient_id,
+            data_subject_id: h.data_subject_id,
+        })
+        .collect();
+    let purger = Purger {
+        store,
+        pipeline,
+        ingest,
+        now,
+        actor,
     };
-    let logs = {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || store.log_ids())
-            .await
-            .map_err(|e| PurgeError::Writer(e.to_string()))??
-    };
-    for log_id in logs {
+    for log_id in on_store(store, |s| s.log_ids()).await? {
         let mut next_seq = 0u64;
-        let mut batch: Vec<(u64, [u8; 32], String)> = Vec::new();
+        let mut batch: Vec<Candidate> = Vec::new();
         'scan: loop {
-            let page = {
-                let store = store.clone();
-                let log = log_id.clone();
-                tokio::task::spawn_blocking(move || store.scan_log(&log, next_seq, 1000))
-                    .await
-                    .map_err(|e| PurgeError::Writer(e.to_string()))??
-            };
+            let log = log_id.clone();
+            let page = on_store(store, move |s| s.scan_log(&log, next_seq, 1000)).await?;
             if page.is_empty() {
                 break;
             }
@@ -187,75 +193,57 @@ pub async fn purge(
                 let Ok(hash) = <[u8; 32]>::try_from(row.hash.as_slice()) else {
                     continue;
                 };
-                batch.push((row.seq, hash, policy.name.clone()));
-                if batch.len() >= PURGE_BATCH {
-                    if !dry_run {
-                        purge_batch(
-                            store,
-                            pipeline,
-                            ingest,
-                            &log_id,
-                            &batch,
-                            now,
-                            actor,
-                            &mut report,
-                        )
-                        .await?;
+                if !dry_run {
+                    batch.push((row.seq, hash, policy.name.clone()));
+                    if batch.len() >= PURGE_BATCH {
+                        purger.purge_batch(&log_id, &mut batch, &mut report).await?;
                     }
-                    batch.clear();
                 }
             }
         }
-        if !batch.is_empty() && !dry_run {
-            purge_batch(
-                store,
-                pipeline,
-                ingest,
-                &log_id,
-                &batch,
-                now,
-                actor,
-                &mut report,
-            )
-            .await?;
-        }
+        purger.purge_batch(&log_id, &mut batch, &mut report).await?;
     }
     Ok(report)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn purge_batch(
-    store: &Arc<dyn AuditStore>,
-    pipeline: &Pipeline,
-    ingest: &IngestHandle,
-    log_id: &str,
-    batch: &[(u64, [u8; 32], String)],
+/// An expired, unheld event: `(seq, hash, policy)`.
+type Candidate = (u64, [u8; 32], String);
+
+/// What a purge run appends and tombstones with.
+struct Purger<'a> {
+    store: &'a Arc<dyn AuditStore>,
+    pipeline: &'a Pipeline,
+    ingest: &'a IngestHandle,
     now: time::OffsetDateTime,
-    actor: &Actor,
-    report: &mut PurgeReport,
-) -> Result<(), PurgeError> {
-    let purge_id = uuid::Uuid::now_v7().to_string();
-    let mut digest = PurgeDigest::default();
-    let mut policies: BTreeMap<&str, u64> = BTreeMap::new();
-    for (seq, hash, policy) in batch {
-        digest.add(*seq, hash);
-        *policies.entry(policy.as_str()).or_default() += 1;
-    }
-    let count = digest.count();
-    let digest = digest.finish();
-    let first = batch.first().map(|b| b.0).unwrap_or_default();
-    let last = batch.last().map(|b| b.0).unwrap_or_default();
-    let mut record = json!({
-        "action": PURGE_ACTION,
-        "status": "success",
-        "principalId": actor.principal_id,
-        "principalType": actor.principal_type,
-        "targetResourceType": "AuditLog",
-        "targetResourceId": log_id,
-        "dataClassification": "CONFIDENTIAL",
-        "severity": "medium",
-        "technicalContext": {"endpoint": actor.endpoint},
-        "details": {
+    actor: &'a Actor,
+}
+
+impl Purger<'_> {
+    /// Purges `batch` (emptying it; nothing to do when empty): the purge record first, durably,
+    /// then the tombstones in one transaction.
+    async fn purge_batch(
+        &self,
+        log_id: &str,
+        batch: &mut Vec<Candidate>,
+        report: &mut PurgeReport,
+    ) -> Result<(), PurgeError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(batch);
+        let purge_id = uuid::Uuid::now_v7().to_string();
+        let mut digest = PurgeDigest::default();
+        let mut policies: BTreeMap<&str, u64> = BTreeMap::new();
+        for (seq, hash, policy) in &batch {
+            digest.add(*seq, hash);
+            *policies.entry(policy.as_str()).or_default() += 1;
+        }
+        let count = digest.count();
+        let digest = digest.finish();
+        let first = batch.first().map(|b| b.0).unwrap_or_default();
+        let last = batch.last().map(|b| b.0).unwrap_or_default();
+        let mut record = admin_event(PURGE_ACTION, self.actor, "AuditLog", log_id);
+        record["details"] = json!({
             "purgeId": purge_id,
             "logId": log_id,
             "count": count,
@@ -263,63 +251,49 @@ async fn purge_batch(
             "fromSeq": first,
             "toSeq": last,
             "policies": policies,
-            "judgedAt": format_server_time(now),
-        },
-    });
-    // One log per organization: the record must land in the log it accounts for.
-    if log_id != "default" {
-        record["organizationId"] = Value::String(log_id.to_owned());
-    }
-    let prepared = pipeline
-        .prepare(record, 0, time::OffsetDateTime::now_utc())
-        .map_err(|e| PurgeError::Writer(format!("purge record invalid: {e:?}")))?;
-    match ingest
-        .submit_with(
-            vec![Submission {
-                event: prepared,
-                idempotency_key: None,
-            }],
-            false,
-            None,
-        )
-        .await
-    {
-        Ok(Ok(_)) => {}
-        Ok(Err(commit)) => return Err(PurgeError::Writer(commit.to_string())),
-        Err(SubmitError::Full) => return Err(PurgeError::Writer("ingest queue full".into())),
-        Err(SubmitError::Stopped) => return Err(PurgeError::Writer("writer stopped".into())),
-    }
-    let purged_at = format_server_time(time::OffsetDateTime::now_utc());
-    let rows: Vec<TombstoneWrite> = batch
-        .iter()
-        .map(|(seq, hash, policy)| TombstoneWrite {
-            seq: *seq,
-            hash: *hash,
-            body: Tombstone {
-                seq: *seq,
-                hash: hex::encode(hash),
-                policy: policy.clone(),
-                purged_at: purged_at.clone(),
-                purge_id: purge_id.clone(),
-            }
-            .to_body(),
-        })
-        .collect();
-    let replaced = {
-        let store = store.clone();
+            "judgedAt": format_server_time(self.now),
+        });
+        // One log per organization: the record must land in the log it accounts for.
+        if log_id != "default" {
+            record["organizationId"] = Value::String(log_id.to_owned());
+        }
+        let prepared = self
+            .pipeline
+            .prepare(record, 0, time::OffsetDateTime::now_utc())
+            .map_err(|e| PurgeError::Writer(format!("purge record invalid: {e:?}")))?;
+        let submission = Submission {
+            event: prepared,
+            idempotency_key: None,
+        };
+        match self.ingest.submit(vec![submission]).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(commit)) => return Err(PurgeError::Writer(commit.to_string())),
+            Err(SubmitError::Full) => return Err(PurgeError::Writer("ingest queue full".into())),
+            Err(SubmitError::Stopped) => return Err(PurgeError::Writer("writer stopped".into())),
+        }
+        let purged_at = format_server_time(time::OffsetDateTime::now_utc());
+        let rows: Vec<TombstoneWrite> = batch
+            .into_iter()
+            .map(|(seq, hash, policy)| TombstoneWrite {
+                seq,
+                hash,
+                body: Tombstone {
+                    seq,
+                    hash: hex::encode(hash),
+                    policy,
+                    purged_at: purged_at.clone(),
+                    purge_id: purge_id.clone(),
+                }
+                .to_body(),
+            })
+            .collect();
         let log = log_id.to_owned();
-        tokio::task::spawn_blocking(move || store.tombstone_events(&log, &rows))
-            .await
-            .map_err(|e| PurgeError::Writer(e.to_string()))??
-    };
-    report.purged += replaced as u64;
-    report.purge_ids.push(purge_id);
-    metrics::counter!("vellum_retention_purged_total").increment(replaced as u64);
-    Ok(())
-}
-
-fn unprocessable(errors: Vec<FieldError>) -> ApiError {
-    ApiError::invalid(errors)
+        let replaced = on_store(self.store, move |s| s.tombstone_events(&log, &rows)).await?;
+        report.purged += replaced as u64;
+        report.purge_ids.push(purge_id);
+        metrics::counter!("vellum_retention_purged_total").increment(replaced as u64);
+        Ok(())
+    }
 }
 
 /// `GET /v1/retention/policies` (auditor).
@@ -370,7 +344,7 @@ pub async fn put_policies(
     )
     .await?;
     let Json(policies) = body.map_err(|e| ApiError::bad_request("", e.body_text()))?;
-    policies.validate().map_err(unprocessable)?;
+    policies.validate().map_err(ApiError::invalid)?;
     let actor = Actor::http(&principal, peer, "/v1/retention/policies");
     let mut event = admin_event(
         "retention.policies.update",
@@ -385,7 +359,7 @@ pub async fn put_policies(
     tokio::task::spawn_blocking(move || store.meta_set_audited(POLICIES_META_KEY, &text, &audit))
         .await
         .map_err(|e| ApiError::internal(&e))??;
-    settle(&state).await;
+    crate::outbox::settle(&state).await;
     Ok(Json(policies).into_response())
 }
 
@@ -409,12 +383,6 @@ pub fn admin_event(action: &str, actor: &Actor, target_type: &str, target_id: &s
         event["sessionContext"] = json!({"ipAddress": ip});
     }
     event
-}
-
-async fn settle(state: &AppState) {
-    if let Err(e) = crate::outbox::drain(state).await {
-        tracing::warn!(error = ?e, "change stored; its audit event stays queued");
-    }
 }
 
 /// `POST /v1/retention/apply?dryRun=true|false` (admin).
@@ -485,7 +453,7 @@ pub async fn run(state: &AppState, actor: &Actor, dry_run: bool) -> Result<Purge
         tokio::task::spawn_blocking(move || store.push_outbox(&[event.to_string()]))
             .await
             .map_err(|e| ApiError::internal(&e))??;
-        settle(state).await;
+        crate::outbox::settle(state).await;
     }
     Ok(report)
 }
@@ -539,7 +507,7 @@ pub async fn create_hold(
             _ => hold.organization_id = Some(own.clone()),
         }
     }
-    hold.validate().map_err(unprocessable)?;
+    hold.validate().map_err(ApiError::invalid)?;
     let actor = Actor::http(&principal, peer, "/v1/legal-holds");
     let record = LegalHoldRecord {
         id: hold
@@ -570,13 +538,12 @@ pub async fn create_hold(
     .await
     .map_err(|e| ApiError::internal(&e))??;
     if !inserted {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("a legal hold {:?} exists", record.id),
-        ));
+        return Err(ApiError::conflict(format!(
+            "a legal hold {:?} exists",
+            record.id
+        )));
     }
-    settle(&state).await;
+    crate::outbox::settle(&state).await;
     Ok((StatusCode::CREATED, Json(record)).into_response())
 }
 
@@ -607,11 +574,9 @@ pub async fn release_hold(
         return Err(ApiError::not_found(format!("no legal hold {id}")));
     };
     if hold.released_at.is_some() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("legal hold {id} is already released"),
-        ));
+        return Err(ApiError::conflict(format!(
+            "legal hold {id} is already released"
+        )));
     }
     let actor = Actor::http(&principal, peer, "/v1/legal-holds/{id}");
     let at = format_server_time(time::OffsetDateTime::now_utc());
@@ -628,12 +593,10 @@ pub async fn release_hold(
             .await
             .map_err(|e| ApiError::internal(&e))??;
     if !released {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("legal hold {id} is already released"),
-        ));
+        return Err(ApiError::conflict(format!(
+            "legal hold {id} is already released"
+        )));
     }
-    settle(&state).await;
+    crate::outbox::settle(&state).await;
     Ok(Json(hold).into_response())
 }

@@ -277,8 +277,6 @@ pub async fn erase_subject(
             "no key for this data subject: never recorded, or already erased",
         ));
     };
-    if let Err(e) = crate::outbox::drain(&state).await {
-        tracing::warn!(error = ?e, "erasure done; its audit event stays queued");
-    }
+    crate::outbox::settle(&state).await;
     Ok(Json(json!({"subjectRef": subject_ref, "erasedAt": erased_at})).into_response())
 }

@@ -1,120 +1,95 @@
-//! Times the pieces of a full-text + column-filter search on an existing `index.db`, to see
-//! where a slow plan spends its time: `plan_probe DIR WORD PRINCIPAL`.
-#![allow(clippy::unwrap_used, missing_docs)]
+//! Times the pieces of a full-text + principal search on an existing data directory, to see
+//! where a slow plan spends its time (BENCHMARKS.md, "Search index v5"):
+//!
+//! ```text
+//! cargo run --release -p vellum-store --example plan_probe -- DIR WORD PRINCIPAL
+//! ```
+//!
+//! Opens `index.db` and `vellum.db` read-only; each piece runs twice (cold, then warm).
+#![allow(missing_docs)]
 
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::{Connection, OpenFlags, ToSql};
+use std::error::Error;
 use std::time::Instant;
 
-fn main() {
+/// The plan-choice estimates, the three ways to join full text and a principal, and the full
+/// search query as the store runs it for the probe plan.
+const PIECES: &[(&str, &str)] = &[
+    (
+        "matches estimate (newest 20,001, DESC)",
+        "SELECT count(*), min(k) FROM (SELECT rowid AS k FROM fts WHERE fts MATCH ?1 \
+         ORDER BY rowid DESC LIMIT 20001)",
+    ),
+    (
+        "principal estimate (newest 20,001)",
+        "SELECT count(*), min(k) FROM (SELECT k FROM ev WHERE principal_id = ?2 \
+         ORDER BY k DESC LIMIT 20001)",
+    ),
+    (
+        "min(k), max(k) in one query (scans the table)",
+        "SELECT min(k), max(k) FROM ev",
+    ),
+    (
+        "min(k), max(k) as two subqueries",
+        "SELECT (SELECT min(k) FROM ev), (SELECT max(k) FROM ev)",
+    ),
+    (
+        "probe plan, 51 rows",
+        "SELECT i.k FROM ev i WHERE i.principal_id = ?2 AND EXISTS \
+         (SELECT 1 FROM fts WHERE fts MATCH ?1 AND fts.rowid = i.k) ORDER BY i.k DESC LIMIT 51",
+    ),
+    (
+        "walk plan, 51 rows",
+        "SELECT i.k FROM fts CROSS JOIN ev i ON i.k = fts.rowid WHERE fts MATCH ?1 \
+         AND i.principal_id = ?2 ORDER BY fts.rowid DESC LIMIT 51",
+    ),
+    (
+        "materialize plan, 51 rows",
+        "SELECT i.k FROM ev i WHERE i.principal_id = ?2 AND i.k IN \
+         (SELECT rowid FROM fts WHERE fts MATCH ?1) ORDER BY i.k DESC LIMIT 51",
+    ),
+    (
+        "full probe query with the log join",
+        "SELECT i.k, e.body FROM ev i JOIN log.events e ON e.pos = i.pos WHERE \
+         i.principal_id = ?2 AND EXISTS (SELECT 1 FROM fts WHERE fts MATCH ?1 \
+         AND fts.rowid = i.k) ORDER BY i.k DESC LIMIT 51",
+    ),
+];
+
+fn main() -> Result<(), Box<dyn Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let dir = std::path::Path::new(&args[1]);
-    let word = format!("text : \"{}\"", args[2]);
-    let principal = &args[3];
-    let conn = Connection::open_with_flags(dir.join("index.db"), OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .unwrap();
-    let time = |name: &str, sql: &str, p: &[&dyn rusqlite::ToSql]| {
-        let t = Instant::now();
-        let mut stmt = conn.prepare(sql).unwrap();
-        let n = stmt.query_map(p, |_| Ok(())).unwrap().count();
-        println!(
-            "{name}: {n} rows in {:.1} ms",
-            t.elapsed().as_secs_f64() * 1e3
-        );
+    let [_, dir, word, principal] = args.as_slice() else {
+        return Err("usage: plan_probe DIR WORD PRINCIPAL".into());
     };
-    conn.execute_batch(&format!(
-        "ATTACH DATABASE 'file:{}?mode=ro' AS log",
-        dir.join("vellum.db").display()
-    ))
-    .unwrap();
-    let full = "SELECT i.k, e.pos, e.log_id, e.seq, e.body, e.hash, e.signature FROM ev i JOIN log.events e ON e.pos = i.pos WHERE 1 = 1 AND i.principal_id = ?2 AND EXISTS (SELECT 1 FROM fts WHERE fts MATCH ?1 AND fts.rowid = i.k) ORDER BY i.k DESC LIMIT 51";
-    let mut plan = conn.prepare(&format!("EXPLAIN QUERY PLAN {full}")).unwrap();
-    let rows: Vec<String> = plan
-        .query_map(params![word, principal], |r| r.get::<_, String>(3))
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
-    println!("plan: {rows:?}");
-    let full_param = "SELECT i.k, e.pos, e.log_id, e.seq, e.body, e.hash, e.signature FROM ev i JOIN log.events e ON e.pos = i.pos WHERE 1 = 1 AND i.principal_id = ?1 AND EXISTS (SELECT 1 FROM fts WHERE fts MATCH ?2 AND fts.rowid = i.k) ORDER BY i.k DESC LIMIT ?3";
-    let mut plan = conn
-        .prepare(&format!("EXPLAIN QUERY PLAN {full_param}"))
-        .unwrap();
-    let rows: Vec<String> = plan
-        .query_map(params![principal, word, 51], |r| r.get::<_, String>(3))
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
-    println!("plan with LIMIT ?3: {rows:?}");
-    for _ in 0..2 {
-        time(
-            "estimate with rowid bounds",
-            "SELECT count(*), min(k) FROM (SELECT rowid AS k FROM fts WHERE fts MATCH ?1 AND rowid >= ?2 AND rowid < ?3 ORDER BY rowid DESC LIMIT ?4)",
-            &[&word, &i64::MIN, &i64::MAX, &20001],
-        );
-        time(
-            "filtered estimate",
-            "SELECT count(*), min(k) FROM (SELECT i.k AS k FROM ev i WHERE 1 = 1 AND i.principal_id = ?1 ORDER BY i.k DESC LIMIT ?2)",
-            &[principal, &20001],
-        );
-        time("minmax", "SELECT min(k), max(k) FROM ev", &[]);
-        time(
-            "minmax as subqueries",
-            "SELECT (SELECT min(k) FROM ev), (SELECT max(k) FROM ev)",
-            &[],
-        );
-        time("maxpos", "SELECT coalesce(max(pos), 0) FROM ev", &[]);
-        time(
-            "FULL probe query, LIMIT ?3",
-            full_param,
-            &[principal, &word, &51],
-        );
-        time("FULL probe query", full, &[&word, principal]);
-        time(
-            "fts count newest 20001 (DESC)",
-            "SELECT rowid FROM fts WHERE fts MATCH ?1 ORDER BY rowid DESC LIMIT 20001",
-            &[&word],
-        );
-        time(
-            "fts count 20001 (ASC)",
-            "SELECT rowid FROM fts WHERE fts MATCH ?1 LIMIT 20001",
-            &[&word],
-        );
-        time(
-            "principal newest 20001",
-            "SELECT k FROM ev WHERE principal_id = ?1 ORDER BY k DESC LIMIT 20001",
-            &[principal],
-        );
-        time(
-            "probe plan 51",
-            "SELECT i.k FROM ev i WHERE i.principal_id = ?2 AND EXISTS (SELECT 1 FROM fts WHERE fts MATCH ?1 AND fts.rowid = i.k) ORDER BY i.k DESC LIMIT 51",
-            &[&word, principal],
-        );
-        time(
-            "walk plan 51",
-            "SELECT i.k FROM fts CROSS JOIN ev i ON i.k = fts.rowid WHERE fts MATCH ?1 AND i.principal_id = ?2 ORDER BY fts.rowid DESC LIMIT 51",
-            &[&word, principal],
-        );
-        time(
-            "materialize",
-            "SELECT i.k FROM ev i WHERE i.principal_id = ?2 AND i.k IN (SELECT rowid FROM fts WHERE fts MATCH ?1) ORDER BY i.k DESC LIMIT 51",
-            &[&word, principal],
-        );
+    let dir = std::path::Path::new(dir);
+    let conn = Connection::open_with_flags(
+        dir.join("index.db"),
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    conn.execute(
+        "ATTACH DATABASE ?1 AS log",
+        [format!("file:{}?mode=ro", dir.join("vellum.db").display())],
+    )?;
+    let expression = format!("text : \"{}\"", word.replace('"', "\"\""));
+    for round in ["cold", "warm"] {
+        for (name, sql) in PIECES {
+            let mut stmt = conn.prepare(sql)?;
+            let wanted: Vec<&dyn ToSql> = (1..=stmt.parameter_count())
+                .map(|i| {
+                    if i == 1 {
+                        &expression as &dyn ToSql
+                    } else {
+                        principal as &dyn ToSql
+                    }
+                })
+                .collect();
+            let started = Instant::now();
+            let rows = stmt.query_map(wanted.as_slice(), |_| Ok(()))?.count();
+            println!(
+                "{round}: {name}: {rows} rows in {:.1} ms",
+                started.elapsed().as_secs_f64() * 1e3
+            );
+        }
     }
-    let (first, last): (i64, i64) = conn
-        .query_row("SELECT min(k), max(k) FROM ev", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .unwrap();
-    let (n, oldest): (i64, i64) = conn.query_row("SELECT count(*), min(k) FROM (SELECT rowid AS k FROM fts WHERE fts MATCH ?1 AND rowid >= ?2 AND rowid < ?3 ORDER BY rowid DESC LIMIT 20001)", params![word, i64::MIN, i64::MAX], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
-    println!(
-        "ev k range {first}..{last} (ms {}..{}); newest 20001 matches: n={n} oldest k {oldest} (ms {}); estimate {:.0}",
-        first >> 20,
-        last >> 20,
-        oldest >> 20,
-        n as f64 * ((last + 1 - first) as f64 / (last + 1 - oldest) as f64)
-    );
-    let segments: i64 = conn
-        .query_row("SELECT count(*) FROM fts_data", [], |r| r.get(0))
-        .unwrap_or(-1);
-    println!("fts_data rows: {segments}");
-    let _ = params![];
+    Ok(())
 }
