@@ -25,6 +25,7 @@ pub const SERVER_FIELDS: &[&str] = &[
     "redactions",
     "decrypted",
     "sealed",
+    "purge",
 ];
 
 /// Fields excluded from the canonical (hashed) form (SPEC §3).
@@ -71,6 +72,7 @@ pub fn is_server_field(key: &str) -> bool {
             | "redactions"
             | "decrypted"
             | "sealed"
+            | "purge"
     )
 }
 

@@ -3,8 +3,10 @@
 //!
 //! Purging must not break the chain, the Merkle tree or `vellum verify`, and it must not become
 //! a way to delete an event quietly. So a purge works in two steps: first the writer appends a
-//! **purge record** (an ordinary signed, chained event, action `retention.purge`) naming the
-//! purge id, how many events it covers and a digest over their `(seq, hash)` pairs; then, in one
+//! **purge record** (a signed, chained event, action `retention.purge`) whose `purge` member
+//! names the purge id, how many events it covers and a digest over their `(seq, hash)` pairs;
+//! `purge` is a server field, so no client can send a record of its own, and redaction never
+//! touches it. Then, in one
 //! transaction, those events' content is replaced by a **tombstone** naming the purge id, while
 //! their stored hash stays (it is what the next event's `prevHash` and the Merkle leaf commit
 //! to). The verifier accepts a tombstone only if a purge record in the log accounts for it:
@@ -323,6 +325,18 @@ impl PurgeDigest {
 
 /// Action of the purge record event.
 pub const PURGE_ACTION: &str = "retention.purge";
+
+/// The `purge` member of a purge record: what the verifier checks tombstones against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PurgeFacts {
+    /// The id the tombstones name.
+    pub purge_id: String,
+    /// How many events the purge covers.
+    pub count: u64,
+    /// [`PurgeDigest`] of their `(seq, hash)` pairs, hex.
+    pub digest: String,
+}
 
 #[cfg(test)]
 mod tests {

@@ -309,19 +309,9 @@ struct ChainFields<'a> {
     prev_hash: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
     key_id: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow)]
-    action: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow)]
-    details: Option<&'a serde_json::value::RawValue>,
-}
-
-/// What a `retention.purge` record says about its purge.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PurgeRecord {
-    purge_id: String,
-    count: u64,
-    digest: String,
+    /// Only the server can write this member (it is a server field: a client sending it is
+    /// refused), so only a purge the server ran can account for tombstones.
+    purge: Option<crate::retention::PurgeFacts>,
 }
 
 /// What checking one row finds without knowing any other row: its hash, its HMAC verdict, the
@@ -347,7 +337,7 @@ struct RowFields {
     /// `None` when missing or not 64 hex digits.
     prev_hash: Option<[u8; 32]>,
     /// The purge this event records, when it is a `retention.purge` record.
-    purge_record: Option<PurgeRecord>,
+    purge_record: Option<crate::retention::PurgeFacts>,
     /// The `id` inside the event, as 16 bytes (`None` if absent or not a UUID).
     id: Option<[u8; 16]>,
 }
@@ -423,12 +413,7 @@ pub fn row_facts(
                 }
                 (Some(_), _, _) => SignatureFacts::Incomplete,
             };
-            let purge_record = (f.action.as_deref() == Some(crate::retention::PURGE_ACTION))
-                .then(|| {
-                    f.details
-                        .and_then(|d| serde_json::from_str::<PurgeRecord>(d.get()).ok())
-                })
-                .flatten();
+            let purge_record = f.purge;
             (
                 Ok(RowFields {
                     seq: f.seq,

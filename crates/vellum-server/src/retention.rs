@@ -29,7 +29,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use vellum_core::pipeline::Pipeline;
 use vellum_core::retention::{
-    HoldFacts, LegalHold, PURGE_ACTION, PurgeDigest, RetentionPolicies, Tombstone, expired,
+    HoldFacts, LegalHold, PURGE_ACTION, PurgeDigest, PurgeFacts, RetentionPolicies, Tombstone,
+    expired,
 };
 use vellum_core::time_fmt::{format_server_time, parse_rfc3339, unix_micros};
 use vellum_store::{AuditStore, LegalHoldRecord, TombstoneWrite};
@@ -243,11 +244,11 @@ impl Purger<'_> {
         let first = batch.first().map(|b| b.0).unwrap_or_default();
         let last = batch.last().map(|b| b.0).unwrap_or_default();
         let mut record = admin_event(PURGE_ACTION, self.actor, "AuditLog", log_id);
+        // For people; the verifier reads only the `purge` member added below.
         record["details"] = json!({
             "purgeId": purge_id,
             "logId": log_id,
             "count": count,
-            "digest": digest,
             "fromSeq": first,
             "toSeq": last,
             "policies": policies,
@@ -257,9 +258,20 @@ impl Purger<'_> {
         if log_id != "default" {
             record["organizationId"] = Value::String(log_id.to_owned());
         }
+        // `purge` is a server field: added after validation (clients may not send it) and out
+        // of redaction's reach (a pattern must never rewrite an id or digest).
+        let facts = serde_json::to_value(PurgeFacts {
+            purge_id: purge_id.clone(),
+            count,
+            digest,
+        })
+        .map_err(|e| PurgeError::Writer(e.to_string()))?;
         let prepared = self
             .pipeline
-            .prepare(record, 0, time::OffsetDateTime::now_utc())
+            .prepare_sealed(record, 0, time::OffsetDateTime::now_utc(), &mut |map| {
+                map.insert("purge".into(), facts.clone());
+                Ok(())
+            })
             .map_err(|e| PurgeError::Writer(format!("purge record invalid: {e:?}")))?;
         let submission = Submission {
             event: prepared,

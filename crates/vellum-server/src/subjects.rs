@@ -27,12 +27,29 @@ use vellum_core::shred::{self, SubjectSecret};
 use vellum_store::{AuditStore, StoreError};
 use zeroize::Zeroizing;
 
-/// Subjects' keys, with a cache of unwrapped ones (cleared for a subject on erasure).
+/// Subjects' keys, with caches of unwrapped ones by lookup (ingest, search) and by reference
+/// (reads of sealed events), both cleared for a subject on erasure and bounded in size.
 pub struct SubjectKeys {
     store: Arc<dyn AuditStore>,
     kek: Zeroizing<[u8; 32]>,
     lookup_key: Zeroizing<Vec<u8>>,
     cache: RwLock<HashMap<String, Arc<SubjectSecret>>>,
+    by_ref: RwLock<HashMap<String, Arc<SubjectSecret>>>,
+}
+
+/// Unwrapped keys kept per cache before it starts over (~100 bytes each).
+const CACHE_LIMIT: usize = 100_000;
+
+fn remember(
+    cache: &RwLock<HashMap<String, Arc<SubjectSecret>>>,
+    id: String,
+    secret: &Arc<SubjectSecret>,
+) {
+    let mut cache = cache.write();
+    if cache.len() >= CACHE_LIMIT {
+        cache.clear();
+    }
+    cache.insert(id, secret.clone());
 }
 
 impl std::fmt::Debug for SubjectKeys {
@@ -61,6 +78,7 @@ impl SubjectKeys {
             kek,
             lookup_key: keyring.derive("subject-lookup"),
             cache: RwLock::new(HashMap::new()),
+            by_ref: RwLock::new(HashMap::new()),
         }
     }
 
@@ -97,7 +115,7 @@ impl SubjectKeys {
             shred::unwrap_key(&self.kek, &subject_ref, &wrapped)
                 .map_err(|e| StoreError::Corrupt(format!("subject key: {e}")))?,
         );
-        self.cache.write().insert(lookup, secret.clone());
+        remember(&self.cache, lookup, &secret);
         Ok(secret)
     }
 
@@ -116,20 +134,30 @@ impl SubjectKeys {
     }
 
     /// The key of a stored sealed object's subject, if not erased.
-    pub fn by_ref(&self, subject_ref: &str) -> Result<Option<SubjectSecret>, StoreError> {
+    pub fn by_ref(&self, subject_ref: &str) -> Result<Option<Arc<SubjectSecret>>, StoreError> {
+        if let Some(secret) = self.by_ref.read().get(subject_ref) {
+            return Ok(Some(secret.clone()));
+        }
         let Some(wrapped) = self.store.subject_key_by_ref(subject_ref)? else {
             return Ok(None);
         };
-        shred::unwrap_key(&self.kek, subject_ref, &wrapped)
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt(format!("subject key: {e}")))
+        let secret = Arc::new(
+            shred::unwrap_key(&self.kek, subject_ref, &wrapped)
+                .map_err(|e| StoreError::Corrupt(format!("subject key: {e}")))?,
+        );
+        remember(&self.by_ref, subject_ref.to_owned(), &secret);
+        Ok(Some(secret))
     }
 
     /// Destroys the subject's key; `audit` commits with the deletion. Returns its reference.
     pub fn erase(&self, subject_id: &str, audit: &[String]) -> Result<Option<String>, StoreError> {
         let lookup = self.lookup(subject_id);
         self.cache.write().remove(&lookup);
-        self.store.erase_subject_key(&lookup, audit)
+        let erased = self.store.erase_subject_key(&lookup, audit)?;
+        if let Some(subject_ref) = &erased {
+            self.by_ref.write().remove(subject_ref);
+        }
+        Ok(erased)
     }
 }
 

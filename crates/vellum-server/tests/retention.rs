@@ -245,11 +245,17 @@ async fn purge_with_a_fake_clock_tombstones_respects_holds_and_verifies() {
         }
     }
     // The purge record is in the log, signed and chained after the events.
-    let record: Value = bodies
+    let records: Vec<Value> = bodies
         .iter()
         .filter_map(|b| serde_json::from_str::<Value>(b).ok())
-        .find(|e| e["action"] == "retention.purge")
-        .expect("purge record");
+        .filter(|e| e["action"] == "retention.purge")
+        .collect();
+    assert_eq!(
+        records.len(),
+        1,
+        "one purge, one record: {records:?} {report:?}"
+    );
+    let record = &records[0];
     assert_eq!(record["details"]["count"], 4);
     assert_eq!(record["details"]["purgeId"], report.purge_ids[0].as_str());
     // Chain, tree, checkpoints and every signature still verify.
@@ -313,5 +319,57 @@ async fn purge_with_a_fake_clock_tombstones_respects_holds_and_verifies() {
     let failures = serde_json::to_string(&verified.logs).expect("json");
     assert!(failures.contains("unaccountedPurge"), "{failures}");
     drop(handle);
+    rig.stop();
+}
+
+/// A client (any ingest key) cannot write a purge record that would excuse a tombstone: the
+/// `purge` member is refused, and a `retention.purge` event with the facts in `details` does
+/// not account for anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_forge_a_purge_record() {
+    let rig = Rig::new();
+    rig.ingest(vec![event("system", "p-1", 0)]).await;
+    let refused = rig.pipeline.prepare(
+        json!({"action": "retention.purge", "status": "success",
+               "purge": {"purgeId": "x", "count": 1, "digest": "00"}}),
+        0,
+        time::OffsetDateTime::now_utc(),
+    );
+    let errors = refused.expect_err("a server field");
+    assert_eq!(errors[0].path, "/purge", "{errors:?}");
+
+    let victim = rig.store.scan_log("default", 0, 1).expect("scan").remove(0);
+    let hash: [u8; 32] = victim.hash.as_slice().try_into().expect("32 bytes");
+    let mut digest = vellum_core::retention::PurgeDigest::default();
+    digest.add(0, &hash);
+    rig.ingest(vec![json!({
+        "action": "retention.purge", "status": "success",
+        "details": {"purgeId": "forged-1", "count": 1, "digest": digest.finish()},
+    })])
+    .await;
+    let tombstone = Tombstone {
+        seq: 0,
+        hash: hex::encode(hash),
+        policy: "system".into(),
+        purged_at: "2027-01-01T00:00:00Z".into(),
+        purge_id: "forged-1".into(),
+    };
+    rig.store
+        .tombstone_events(
+            "default",
+            &[TombstoneWrite {
+                seq: 0,
+                hash,
+                body: tombstone.to_body(),
+            }],
+        )
+        .expect("forge");
+    let verified = rig.verify();
+    assert!(
+        !verified.ok,
+        "a client-written purge record excused a tombstone"
+    );
+    let failures = serde_json::to_string(&verified.logs).expect("json");
+    assert!(failures.contains("unaccountedPurge"), "{failures}");
     rig.stop();
 }

@@ -1001,20 +1001,26 @@ impl AuditStore for SqliteStore {
         Ok(())
     }
 
+    // Key reads use reader connections: they serve ingest and reads, and must not wait
+    // behind the writer's group commits.
     fn subject_key(&self, lookup: &str) -> Result<Option<(String, Vec<u8>)>, StoreError> {
-        let conn = self.writer.lock();
-        Ok(conn
-            .prepare_cached("SELECT subject_ref, wrapped FROM subject_keys WHERE lookup = ?1")?
-            .query_row(params![lookup], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?)
+        self.with_reader(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT subject_ref, wrapped FROM log.subject_keys WHERE lookup = ?1",
+                )?
+                .query_row(params![lookup], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?)
+        })
     }
 
     fn subject_key_by_ref(&self, subject_ref: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let conn = self.writer.lock();
-        Ok(conn
-            .prepare_cached("SELECT wrapped FROM subject_keys WHERE subject_ref = ?1")?
-            .query_row(params![subject_ref], |r| r.get(0))
-            .optional()?)
+        self.with_reader(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT wrapped FROM log.subject_keys WHERE subject_ref = ?1")?
+                .query_row(params![subject_ref], |r| r.get(0))
+                .optional()?)
+        })
     }
 
     fn insert_subject_key(
