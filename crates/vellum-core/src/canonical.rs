@@ -300,7 +300,37 @@ impl MembersBuilder {
     }
 }
 
+/// Why text handed to [`CanonicalMembers::from_canonical_object`] was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a canonical JSON object: {0}")]
+pub struct NotCanonical(pub String);
+
 impl CanonicalMembers {
+    /// The members as one canonical JSON object (RFC 8785 text): how a prepared event
+    /// crosses the scale-out queue from the API node that validated it to the worker that
+    /// sequences it.
+    pub fn to_canonical_object(&self) -> String {
+        self.join_with_str(&mut [])
+    }
+
+    /// Rebuilds members from [`CanonicalMembers::to_canonical_object`] text. The text must
+    /// already be canonical (re-canonicalizing it must give the same bytes): a worker hashes
+    /// exactly what the API node prepared, or refuses the message.
+    pub fn from_canonical_object(text: &str) -> Result<Self, NotCanonical> {
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| NotCanonical(format!("malformed JSON: {e}")))?;
+        let Value::Object(map) = value else {
+            return Err(NotCanonical("not an object".into()));
+        };
+        let members = Self::from_map(&map);
+        if members.to_canonical_object() != text {
+            return Err(NotCanonical(
+                "re-canonicalizing changed the text (duplicate or unordered members?)".into(),
+            ));
+        }
+        Ok(members)
+    }
+
     /// Canonicalizes every member of `map`.
     pub fn from_map(map: &Map<String, Value>) -> Self {
         let mut builder = MembersBuilder::with_capacity(1024, map.len());
@@ -379,6 +409,24 @@ impl CanonicalMembers {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn canonical_object_round_trips_and_refuses_non_canonical_text() {
+        let map = match serde_json::json!({"b": [1.5, "x\u{1}"], "a": {"z": 1, "y": 1e21}, "\u{e9}": null})
+        {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        };
+        let members = CanonicalMembers::from_map(&map);
+        let text = members.to_canonical_object();
+        let back = CanonicalMembers::from_canonical_object(&text).expect("canonical");
+        assert_eq!(back, members);
+        assert!(CanonicalMembers::from_canonical_object(r#"{"b":1,"a":2}"#).is_err());
+        assert!(CanonicalMembers::from_canonical_object(r#"{"a":1,"a":2}"#).is_err());
+        assert!(CanonicalMembers::from_canonical_object(r#"{"a":1.0}"#).is_err());
+        assert!(CanonicalMembers::from_canonical_object("[1]").is_err());
+        assert!(CanonicalMembers::from_canonical_object("{").is_err());
+    }
+
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;

@@ -9,6 +9,7 @@
 //! Everything here is deterministic given its inputs (clock readings and ids are passed in), so
 //! every other program that follows SPEC §3 computes the same hashes.
 
+pub mod breaker;
 pub mod bundle;
 pub mod canonical;
 pub mod checkpoint;

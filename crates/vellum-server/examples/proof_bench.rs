@@ -189,6 +189,7 @@ fn fill(
             max_batch: 5_000,
             log_per_organization: false,
             checkpoint_interval: Duration::from_secs(1),
+            partition: None,
         },
     )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -256,6 +257,7 @@ fn fill(
                             Submission {
                                 event: pipeline.prepare(event, 0, now).unwrap(),
                                 idempotency_key: None,
+                                id: None,
                             }
                         })
                         .collect();

@@ -184,9 +184,24 @@ pub async fn post_events(
     body: Body,
 ) -> Result<Response, ApiError> {
     principal.require(Role::Ingest)?;
-    if let Some(name) = params.keys().find(|k| k.as_str() != "wait") {
+    if let Some(name) = params
+        .keys()
+        .find(|k| k.as_str() != "wait" && k.as_str() != "priority")
+    {
         return Err(ApiError::bad_request(name, "unknown parameter"));
     }
+    let lane = match params.get("priority").map(String::as_str) {
+        None | Some("normal") => vellum_queue::Lane::Normal,
+        Some("high") => vellum_queue::Lane::High,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "priority",
+                "must be `high` or `normal`",
+            ));
+        }
+    };
+    // Scale-out: without `?wait=`, answer 202 as soon as the queue holds the events.
+    let queue_only = !params.contains_key("wait") && state.ingest.queue().is_some();
     let wait_checkpoint = match params.get("wait").map(String::as_str) {
         None | Some("committed") => false,
         Some("checkpoint") => true,
@@ -267,6 +282,7 @@ pub async fn post_events(
                 submissions.push(Submission {
                     event,
                     idempotency_key,
+                    id: None,
                 });
                 indices.push(index);
             }
@@ -290,7 +306,17 @@ pub async fn post_events(
             }
         }
     }
-    let receipts = submit_with(&state, submissions, wait_checkpoint).await?;
+    if let (true, Some(queue)) = (queue_only, state.ingest.queue()) {
+        return queued_response(queue, &submissions, &indices, rejected, single, lane).await;
+    }
+    let receipts = match state.ingest.queue() {
+        Some(queue) => committed(
+            queue
+                .submit_and_wait_in(submissions, wait_checkpoint, None, lane)
+                .await,
+        )?,
+        None => submit_with(&state, submissions, wait_checkpoint).await?,
+    };
     let mut proofs = if wait_checkpoint {
         crate::proofs::proofs_for_receipts(&state, &receipts)
             .await?
@@ -340,6 +366,81 @@ pub async fn post_events(
     Ok(json_response(StatusCode::CREATED, body))
 }
 
+/// Scale-out answer without `?wait=`: 202 with the ids the events will have.
+async fn queued_response(
+    queue: &crate::scaleout::QueueIngest,
+    submissions: &[Submission],
+    indices: &[usize],
+    rejected: Vec<RejectedEntry>,
+    single: bool,
+    lane: vellum_queue::Lane,
+) -> Result<Response, ApiError> {
+    if submissions.is_empty() {
+        let details = rejected
+            .iter()
+            .flat_map(|r| {
+                r.errors.iter().map(move |e| {
+                    FieldError::new(format!("/events/{}{}", r.index, e.path), e.message.clone())
+                })
+            })
+            .collect();
+        return Err(ApiError::invalid(details));
+    }
+    let queued = queue
+        .enqueue(submissions, lane, false)
+        .await
+        .map_err(submit_error)?;
+    let body = if single {
+        let (receipt, _) = queued
+            .into_iter()
+            .next()
+            .ok_or_else(|| ApiError::internal(&"no receipt for a queued event"))?;
+        serde_json::to_string(&receipt)
+    } else {
+        let accepted: Vec<Value> = indices
+            .iter()
+            .zip(queued)
+            .map(|(index, (receipt, _))| {
+                json!({"index": index, "id": receipt.id, "logId": receipt.log_id, "status": receipt.status})
+            })
+            .collect();
+        serde_json::to_string(&json!({"accepted": accepted, "rejected": rejected}))
+    };
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        body.map_err(|e| ApiError::internal(&e))?,
+    ))
+}
+
+/// A writer's (or the queue's) answer as the API's.
+fn committed(
+    result: Result<Result<Vec<Receipt>, crate::ingest::CommitError>, SubmitError>,
+) -> Result<Vec<Receipt>, ApiError> {
+    match result {
+        Ok(Ok(receipts)) => Ok(receipts),
+        Ok(Err(commit)) => Err(ApiError::overloaded(format!(
+            "the events could not be stored ({commit}); nothing was recorded, retry"
+        ))),
+        Err(e) => Err(submit_error(e)),
+    }
+}
+
+fn submit_error(e: SubmitError) -> ApiError {
+    match e {
+        SubmitError::Full => {
+            ApiError::overloaded("the ingest queue is full; retry after the indicated delay")
+        }
+        SubmitError::Stopped => ApiError::overloaded("the server is shutting down"),
+        SubmitError::Unavailable {
+            reason,
+            retry_after,
+        } => ApiError::unavailable(
+            format!("the ingest queue is unavailable ({reason}); nothing was queued, retry"),
+            retry_after,
+        ),
+    }
+}
+
 fn single_too_large(len: usize, max: usize) -> bool {
     len > max
 }
@@ -387,20 +488,12 @@ async fn submit_with(
     submissions: Vec<Submission>,
     want_checkpoint: bool,
 ) -> Result<Vec<Receipt>, ApiError> {
-    match state
-        .ingest
-        .submit_with(submissions, want_checkpoint, None)
-        .await
-    {
-        Ok(Ok(receipts)) => Ok(receipts),
-        Ok(Err(commit)) => Err(ApiError::overloaded(format!(
-            "the events could not be stored ({commit}); nothing was recorded, retry"
-        ))),
-        Err(SubmitError::Full) => Err(ApiError::overloaded(
-            "the ingest queue is full; retry after the indicated delay",
-        )),
-        Err(SubmitError::Stopped) => Err(ApiError::overloaded("the server is shutting down")),
-    }
+    committed(
+        state
+            .ingest
+            .submit_with(submissions, want_checkpoint, None)
+            .await,
+    )
 }
 
 /// Records that `principal` read the audit log (SPEC §6), durably, before the data is
@@ -483,6 +576,7 @@ async fn record_access(
         vec![Submission {
             event: prepared,
             idempotency_key: None,
+            id: None,
         }],
     )
     .await
@@ -746,18 +840,28 @@ pub async fn healthz() -> Response {
 /// Readiness: the writer runs and the store answers.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200), (status = 503)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let writer = state.ingest.is_alive();
     let store = state.store.clone();
     let store_ok = tokio::task::spawn_blocking(move || store.meta_get("schema").is_ok())
         .await
         .unwrap_or(false);
+    let (writer, queue) = match state.ingest.queue() {
+        // Scale-out: the writers are the workers; this node needs the queue.
+        Some(queue) => match queue.refresh_stats().await {
+            Some(stats) => (true, Some(queue_json(&stats))),
+            None => (false, Some(json!({"reachable": false}))),
+        },
+        None => (state.ingest.is_alive(), None),
+    };
     let ready = writer && store_ok;
-    let body = json!({
+    let mut body = json!({
         "status": if ready { "ready" } else { "unavailable" },
         "writer": writer,
         "store": store_ok,
         "queueDepth": state.ingest.queue_depth(),
     });
+    if let Some(queue) = queue {
+        body["queue"] = queue;
+    }
     let mut response = json_response(
         if ready {
             StatusCode::OK
@@ -777,6 +881,11 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 /// Prometheus text format.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200)))]
 pub async fn metrics_text(State(state): State<AppState>) -> Response {
+    if let Some(queue) = state.ingest.queue()
+        && let Some(stats) = queue.refresh_stats().await
+    {
+        record_queue_gauges(&stats);
+    }
     metrics::gauge!("vellum_ingest_queue_depth").set(state.ingest.queue_depth() as f64);
     let text = state
         .metrics
@@ -792,4 +901,32 @@ pub async fn metrics_text(State(state): State<AppState>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// The queue's health as `/readyz` shows it.
+pub(crate) fn queue_json(stats: &vellum_queue::QueueStats) -> Value {
+    use vellum_queue::Lane;
+    json!({
+        "reachable": true,
+        "depth": {"high": stats.depth(Lane::High), "normal": stats.depth(Lane::Normal)},
+        "pending": stats.pending(Lane::High) + stats.pending(Lane::Normal),
+        "deadLetters": stats.dlq_len,
+        "oldestPendingSeconds": stats.oldest_pending_age().map(|d| d.as_secs_f64()),
+    })
+}
+
+/// Queue depth, pending, lag and dead letters as Prometheus gauges.
+pub(crate) fn record_queue_gauges(stats: &vellum_queue::QueueStats) {
+    use vellum_queue::Lane;
+    for lane in [Lane::High, Lane::Normal] {
+        let name = lane.as_str();
+        metrics::gauge!("vellum_queue_depth", "lane" => name).set(stats.depth(lane) as f64);
+        metrics::gauge!("vellum_queue_pending", "lane" => name).set(stats.pending(lane) as f64);
+        if let Some(lag) = stats.lag(lane) {
+            metrics::gauge!("vellum_queue_lag", "lane" => name).set(lag as f64);
+        }
+    }
+    metrics::gauge!("vellum_queue_dead_letters").set(stats.dlq_len as f64);
+    metrics::gauge!("vellum_queue_oldest_pending_seconds")
+        .set(stats.oldest_pending_age().map_or(0.0, |d| d.as_secs_f64()));
 }

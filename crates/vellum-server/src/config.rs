@@ -70,6 +70,65 @@ pub struct ServerConfig {
     /// JSON pointers of the values sealed under a data subject's key, besides
     /// `gdprContext.dataSubjectId` itself (SPEC §7).
     pub personal_fields: Vec<String>,
+    /// PostgreSQL URL (`AUDIT_DB_URL`): the store is PostgreSQL instead of the data
+    /// directory's SQLite files. May carry a password, so it is never printed.
+    #[serde(skip_serializing)]
+    pub db_url: Option<Zeroizing<String>>,
+    /// PostgreSQL schema holding Vellum's tables (`AUDIT_DB_SCHEMA`, default `vellum`).
+    pub db_schema: String,
+    /// Redis URL (`AUDIT_REDIS_URL`): with `db_url`, `serve` is a stateless API node that
+    /// queues events on Redis Streams and `vellum worker` writes them.
+    #[serde(skip_serializing)]
+    pub redis_url: Option<Zeroizing<String>>,
+    /// Queue name (`AUDIT_QUEUE_NAME`, default `audit`): the prefix of every stream.
+    pub queue_name: String,
+    /// Partitions of the queue (default 16). A log always maps to the same partition, and
+    /// one worker at a time writes a partition; every node must use the same number.
+    pub queue_partitions: u32,
+    /// How long `?wait=committed` (and the server's own audit records) wait for a worker to
+    /// commit a queued event, in milliseconds (default 30 000).
+    pub commit_wait_ms: u64,
+    /// Identity of this node in the queue (consumer and receipt channel name); default: host
+    /// name, process id and a random suffix.
+    pub node_id: Option<String>,
+}
+
+/// Where events are stored and how they reach the writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deployment {
+    /// SQLite in the data directory, in-process writer.
+    Embedded,
+    /// PostgreSQL, in-process writer (this process is the one writer of every log).
+    PostgresSingle,
+    /// PostgreSQL and Redis Streams: API nodes queue, workers write.
+    ScaleOut,
+}
+
+impl ServerConfig {
+    /// The deployment shape the URLs select (SPEC §1).
+    pub fn deployment(&self) -> Result<Deployment, ConfigError> {
+        match (&self.db_url, &self.redis_url) {
+            (None, None) => Ok(Deployment::Embedded),
+            (Some(_), None) => Ok(Deployment::PostgresSingle),
+            (Some(_), Some(_)) => Ok(Deployment::ScaleOut),
+            (None, Some(_)) => Err(ConfigError(
+                "AUDIT_REDIS_URL needs AUDIT_DB_URL: the scale-out shape stores events in PostgreSQL".into(),
+            )),
+        }
+    }
+
+    /// This node's identity in the queue.
+    pub fn node_name(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "node".into());
+            let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+            format!("{host}-{}-{suffix}", std::process::id())
+        })
+    }
 }
 
 /// Why a configuration is refused before anything starts.
@@ -155,6 +214,11 @@ impl std::fmt::Debug for ServerConfig {
             .field("log_per_organization", &self.log_per_organization)
             .field("checkpoint_interval_ms", &self.checkpoint_interval_ms)
             .field("checkpoint_key_file", &self.checkpoint_key_file)
+            .field("db_url", &self.db_url.as_ref().map(|_| "<redacted>"))
+            .field("db_schema", &self.db_schema)
+            .field("redis_url", &self.redis_url.as_ref().map(|_| "<redacted>"))
+            .field("queue_name", &self.queue_name)
+            .field("queue_partitions", &self.queue_partitions)
             .finish_non_exhaustive()
     }
 }
@@ -193,6 +257,13 @@ impl Default for ServerConfig {
             ]
             .map(str::to_owned)
             .to_vec(),
+            db_url: None,
+            db_schema: "vellum".into(),
+            redis_url: None,
+            queue_name: "audit".into(),
+            queue_partitions: 16,
+            commit_wait_ms: 30_000,
+            node_id: None,
         }
     }
 }

@@ -78,6 +78,16 @@ impl ApiError {
         }
     }
 
+    /// 503: a dependency (the queue) is unreachable; `Retry-After` says when the circuit
+    /// breaker lets the next attempt through.
+    pub fn unavailable(message: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        let secs = u32::try_from(retry_after.as_secs()).unwrap_or(u32::MAX);
+        Self {
+            retry_after: Some(secs.max(1)),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        }
+    }
+
     /// 429: this key spent its request budget; `Retry-After` says when to come back.
     pub fn rate_limited(retry_after_secs: u32) -> Self {
         Self {

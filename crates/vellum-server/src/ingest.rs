@@ -65,6 +65,10 @@ pub struct Submission {
     pub event: PreparedEvent,
     /// Scoped idempotency key.
     pub idempotency_key: Option<String>,
+    /// The event id, when it was assigned before the writer saw the event (scale-out: the API
+    /// node answers with the id before a worker sequences the event); `None` lets the writer
+    /// assign a fresh UUIDv7.
+    pub id: Option<uuid::Uuid>,
 }
 
 struct Request {
@@ -91,6 +95,14 @@ pub enum SubmitError {
     /// The writer has stopped (shutdown or fatal error).
     #[error("ingest writer has stopped")]
     Stopped,
+    /// The queue (scale-out) cannot be reached; nothing was queued. Retry after the delay.
+    #[error("the ingest queue is unavailable: {reason}")]
+    Unavailable {
+        /// What failed (never a secret).
+        reason: String,
+        /// When the circuit breaker lets the next attempt through.
+        retry_after: Duration,
+    },
 }
 
 /// Tunables of the writer.
@@ -104,11 +116,43 @@ pub struct WriterConfig {
     pub log_per_organization: bool,
     /// Longest time between events arriving and a checkpoint covering them.
     pub checkpoint_interval: Duration,
+    /// `(partition, partitions)` when this writer owns only the logs of one queue partition
+    /// (scale-out worker): it loads, checkpoints and accepts only those logs, so it never
+    /// touches a log another worker writes. `None`: every log.
+    pub partition: Option<(u32, u32)>,
 }
 
-/// Handle used by request tasks to submit events.
+/// The queue partition a log belongs to, out of `partitions` ([`vellum_queue::partition_of`]):
+/// every API node and worker computes the same value, so one log is always in one partition
+/// and written by that partition's one owner.
+pub fn partition_of(log_id: &str, partitions: u32) -> u32 {
+    vellum_queue::partition_of(log_id, partitions)
+}
+
+/// The log an event of `organization_id` goes to: its organization's own log when logs are
+/// per organization, else `default`.
+pub fn log_for(organization_id: Option<&str>, log_per_organization: bool) -> String {
+    match organization_id {
+        Some(org) if log_per_organization => org.to_owned(),
+        _ => "default".to_owned(),
+    }
+}
+
+/// Handle used by request tasks to submit events: to this process's writer, or (scale-out) to
+/// the queue the workers read.
 #[derive(Clone)]
 pub struct IngestHandle {
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Local(LocalHandle),
+    Queue(Arc<crate::scaleout::QueueIngest>),
+}
+
+#[derive(Clone)]
+struct LocalHandle {
     tx: Sender<Request>,
     queued: Arc<AtomicUsize>,
     capacity: usize,
@@ -116,14 +160,36 @@ pub struct IngestHandle {
 }
 
 impl IngestHandle {
-    /// Events waiting for the writer now.
-    pub fn queue_depth(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+    /// A handle that queues events for the scale-out workers.
+    pub fn queued(queue: Arc<crate::scaleout::QueueIngest>) -> Self {
+        Self {
+            backend: Backend::Queue(queue),
+        }
     }
 
-    /// Whether the writer thread is running.
+    /// The scale-out queue behind this handle, if any.
+    pub fn queue(&self) -> Option<&Arc<crate::scaleout::QueueIngest>> {
+        match &self.backend {
+            Backend::Queue(q) => Some(q),
+            Backend::Local(_) => None,
+        }
+    }
+
+    /// Events waiting for the writer now (scale-out: in the queue, as last measured).
+    pub fn queue_depth(&self) -> usize {
+        match &self.backend {
+            Backend::Local(l) => l.queued.load(Ordering::Relaxed),
+            Backend::Queue(q) => q.depth(),
+        }
+    }
+
+    /// Whether events can be submitted: the writer thread runs (scale-out: the queue's
+    /// circuit breaker is not open).
     pub fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::Relaxed)
+        match &self.backend {
+            Backend::Local(l) => l.alive.load(Ordering::Relaxed),
+            Backend::Queue(q) => q.is_available(),
+        }
     }
 
     /// Submits events and waits until they are durable. Receipts come back in order.
@@ -154,11 +220,31 @@ impl IngestHandle {
         want_checkpoint: bool,
         checkpoint_log: Option<String>,
     ) -> Result<Result<Vec<Receipt>, CommitError>, SubmitError> {
+        match &self.backend {
+            Backend::Local(l) => {
+                l.submit_with(submissions, want_checkpoint, checkpoint_log)
+                    .await
+            }
+            Backend::Queue(q) => {
+                q.submit_and_wait(submissions, want_checkpoint, checkpoint_log)
+                    .await
+            }
+        }
+    }
+}
+
+impl LocalHandle {
+    async fn submit_with(
+        &self,
+        submissions: Vec<Submission>,
+        want_checkpoint: bool,
+        checkpoint_log: Option<String>,
+    ) -> Result<Result<Vec<Receipt>, CommitError>, SubmitError> {
         let n = submissions.len();
         if n == 0 && checkpoint_log.is_none() {
             return Ok(Ok(Vec::new()));
         }
-        if !self.is_alive() {
+        if !self.alive.load(Ordering::Relaxed) {
             return Err(SubmitError::Stopped);
         }
         // Reserve room first so concurrent submitters cannot overshoot the bound.
@@ -196,15 +282,17 @@ impl Writer {
         signer: Arc<CheckpointSigner>,
         config: WriterConfig,
     ) -> Result<(Self, IngestHandle), StoreError> {
-        let heads = load_heads(store.as_ref())?;
+        let heads = load_heads(store.as_ref(), config.partition)?;
         let (tx, rx) = crossbeam_channel::unbounded::<Request>();
         let queued = Arc::new(AtomicUsize::new(0));
         let alive = Arc::new(AtomicBool::new(true));
         let handle = IngestHandle {
-            tx,
-            queued: queued.clone(),
-            capacity: config.capacity.max(1),
-            alive: alive.clone(),
+            backend: Backend::Local(LocalHandle {
+                tx,
+                queued: queued.clone(),
+                capacity: config.capacity.max(1),
+                alive: alive.clone(),
+            }),
         };
         let mut state = WriterState {
             store,
@@ -265,9 +353,15 @@ impl Head {
 /// A store written before the tree existed (schema v1) has events but no tiles: the tree is
 /// then rebuilt once from the stored event hashes. Any other disagreement between the log and
 /// its tiles is damage, and the writer refuses to start rather than extend a broken tree.
-fn load_heads(store: &dyn AuditStore) -> Result<HashMap<String, Head>, StoreError> {
+fn load_heads(
+    store: &dyn AuditStore,
+    partition: Option<(u32, u32)>,
+) -> Result<HashMap<String, Head>, StoreError> {
     let mut heads = HashMap::new();
     for h in store.log_heads()? {
+        if partition.is_some_and(|(p, of)| partition_of(&h.log_id, of) != p) {
+            continue;
+        }
         let log = h.log_id.clone();
         let resumed = TileWriter::resume(h.size, |key| store.merkle_tile(&log, key))?;
         let tree = match resumed {
@@ -448,12 +542,10 @@ impl WriterState {
     }
 
     fn log_for(&self, event: &PreparedEvent) -> String {
-        if self.config.log_per_organization
-            && let Some(org) = &event.organization_id
-        {
-            return org.clone();
-        }
-        "default".to_owned()
+        log_for(
+            event.organization_id.as_deref(),
+            self.config.log_per_organization,
+        )
     }
 
     fn commit_group(&mut self, group: Vec<Request>, events: usize) {
@@ -481,7 +573,7 @@ impl WriterState {
             Err(e) => {
                 tracing::error!(error = %e, events, "group commit failed; nothing in it was acknowledged");
                 metrics::counter!("vellum_commit_failures_total").increment(1);
-                match load_heads(self.store.as_ref()) {
+                match load_heads(self.store.as_ref(), self.config.partition) {
                     Ok(heads) => self.heads = heads,
                     Err(reload) => {
                         tracing::error!(error = %reload, "cannot reload log heads after a failed commit")
@@ -543,7 +635,7 @@ impl WriterState {
                 }
                 let log_id = self.log_for(&submission.event);
                 let head = self.heads.entry(log_id.clone()).or_insert_with(Head::empty);
-                let id = uuid::Uuid::now_v7();
+                let id = submission.id.unwrap_or_else(uuid::Uuid::now_v7);
                 let id_text = id.hyphenated().to_string();
                 let sealed = seal(
                     &submission.event,

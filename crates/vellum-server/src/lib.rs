@@ -21,11 +21,13 @@ pub mod pdf;
 pub mod proofs;
 pub mod reports;
 pub mod retention;
+pub mod scaleout;
 pub mod stats;
 pub mod subjects;
 pub mod telemetry;
 pub mod tls;
 pub mod verification;
+pub mod worker;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
@@ -302,16 +304,30 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         None => None,
     };
     let data_dir = config.data_dir.clone();
+    let deployment = config.deployment()?;
     let lock = lock_data_dir(&data_dir)?;
-    let sqlite = open_sqlite(
-        &data_dir,
-        SqliteOptions {
-            index_wait: Duration::from_millis(config.index_wait_ms),
-            ..SqliteOptions::default()
-        },
-    )
-    .await?;
-    let store: Arc<dyn AuditStore> = sqlite.clone();
+    let mut sqlite = None;
+    let mut postgres = None;
+    let store: Arc<dyn AuditStore> = match deployment {
+        config::Deployment::Embedded => {
+            let opened = open_sqlite(
+                &data_dir,
+                SqliteOptions {
+                    index_wait: Duration::from_millis(config.index_wait_ms),
+                    ..SqliteOptions::default()
+                },
+            )
+            .await?;
+            sqlite = Some(opened.clone());
+            opened
+        }
+        config::Deployment::PostgresSingle | config::Deployment::ScaleOut => {
+            require_shared_secret(&config, deployment)?;
+            let opened = open_pg_store(&config).await?;
+            postgres = Some(opened.clone());
+            opened
+        }
+    };
     let (keyring, pipeline) = keyring_and_pipeline(&config)?;
     let pipeline = Arc::new(pipeline);
     let admin_key_file = bootstrap::ensure_admin_key(&data_dir, store.as_ref())?;
@@ -322,12 +338,49 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         store.as_ref(),
     )?);
     let checkpoint_key = signer.public();
-    let (writer, ingest) = ingest::Writer::start(
-        store.clone(),
-        config.enable_signatures.then(|| keyring.clone()),
-        signer.clone(),
-        writer_config(&config),
-    )?;
+    let signing_keyring = config.enable_signatures.then(|| keyring.clone());
+    let (writer, ingest) = match deployment {
+        config::Deployment::ScaleOut => {
+            let redis_url = config
+                .redis_url
+                .as_ref()
+                .map(|u| u.as_str().to_owned())
+                .unwrap_or_default();
+            let queue = scaleout::QueueIngest::connect(
+                &redis_url,
+                queue_settings(&config),
+                config.node_name(),
+                store.clone(),
+                config.log_per_organization,
+                Duration::from_millis(config.commit_wait_ms.max(1)),
+            )
+            .await
+            .map_err(|e| queue_unavailable(&e))?;
+            (None, ingest::IngestHandle::queued(Arc::new(queue)))
+        }
+        config::Deployment::PostgresSingle => {
+            let pg = postgres
+                .clone()
+                .ok_or_else(|| config::ConfigError("AUDIT_DB_URL is not set".into()))?;
+            let lease = single_node_lease(&config, pg).await?;
+            let (writer, ingest) = ingest::Writer::start(
+                Arc::new(lease),
+                signing_keyring,
+                signer.clone(),
+                writer_config(&config),
+            )?;
+            (Some(writer), ingest)
+        }
+        config::Deployment::Embedded => {
+            let (writer, ingest) = ingest::Writer::start(
+                store.clone(),
+                signing_keyring,
+                signer.clone(),
+                writer_config(&config),
+            )?;
+            (Some(writer), ingest)
+        }
+    };
     let subjects = Arc::new(subjects::SubjectKeys::new(store.clone(), &keyring));
     let state = AppState {
         store: store.clone(),
@@ -358,7 +411,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let maintenance = tokio::spawn(maintenance(state.clone()));
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    tracing::info!(%addr, https = tls.is_some(), data_dir = %data_dir.display(), "vellum listening");
+    tracing::info!(%addr, https = tls.is_some(), data_dir = %data_dir.display(), ?deployment, "vellum listening");
     let shutdown = async {
         let _ = stop_rx.await;
     };
@@ -394,8 +447,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         // Every IngestHandle lived in the router, which is gone now: the writer drains what it
         // was given and exits.
         tokio::task::spawn_blocking(move || {
-            writer.join();
-            sqlite.shutdown();
+            if let Some(writer) = writer {
+                writer.join();
+            }
+            if let Some(sqlite) = sqlite {
+                sqlite.shutdown();
+            }
         })
         .await
         .map_err(|e| ServerError::Io {
@@ -522,6 +579,120 @@ async fn open_sqlite(
     )
 }
 
+/// In the PostgreSQL shapes, several processes hash, sign and redact for the same logs: a key
+/// generated into one node's data directory would make the others' events unverifiable. The
+/// scale-out shape therefore needs the secret from the configuration.
+fn require_shared_secret(
+    config: &ServerConfig,
+    deployment: config::Deployment,
+) -> Result<(), ServerError> {
+    if deployment == config::Deployment::ScaleOut
+        && config.crypto_secret.is_none()
+        && config.crypto_keys.is_none()
+    {
+        return Err(config::ConfigError(
+            "the scale-out shape (AUDIT_DB_URL with AUDIT_REDIS_URL) needs AUDIT_CRYPTO_SECRET (or AUDIT_CRYPTO_KEYS), the same on every API node and worker".into(),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Connects to PostgreSQL (`AUDIT_DB_URL`), migrating the schema if needed.
+async fn open_pg_store(
+    config: &ServerConfig,
+) -> Result<Arc<vellum_store::postgres::PgStore>, ServerError> {
+    let url = config
+        .db_url
+        .as_ref()
+        .map(|u| zeroize::Zeroizing::new(u.as_str().to_owned()))
+        .ok_or_else(|| config::ConfigError("AUDIT_DB_URL is not set".into()))?;
+    let options = vellum_store::postgres::PgOptions {
+        schema: Some(config.db_schema.clone()),
+        ..vellum_store::postgres::PgOptions::default()
+    };
+    let store = tokio::task::spawn_blocking(move || {
+        vellum_store::postgres::PgStore::connect(url.as_str(), options)
+    })
+    .await
+    .map_err(|e| ServerError::Io {
+        context: "connecting to PostgreSQL".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?
+    .map_err(|e| config::ConfigError(format!("AUDIT_DB_URL: {e}")))?;
+    Ok(Arc::new(store))
+}
+
+/// The single PostgreSQL node writes every log: it holds every partition's lock, so that no
+/// worker (or second single node) on the same database writes beside it.
+async fn single_node_lease(
+    config: &ServerConfig,
+    store: Arc<vellum_store::postgres::PgStore>,
+) -> Result<vellum_store::postgres::PgLease, ServerError> {
+    let keys: Vec<i64> = (0..config.queue_partitions.max(1))
+        .map(vellum_store::postgres::lock_key_for_partition)
+        .collect();
+    tokio::task::spawn_blocking(move || store.writer_lease(&keys))
+        .await
+        .map_err(|e| ServerError::Io {
+            context: "taking the writer locks".into(),
+            source: std::io::Error::other(e.to_string()),
+        })??
+        .ok_or_else(|| {
+            config::ConfigError(
+                "another Vellum process (a server or a worker) writes this PostgreSQL database; there is one writer per log".into(),
+            )
+            .into()
+        })
+}
+
+/// What a worker needs to write.
+pub(crate) struct WriterParts {
+    /// The worker's data directory, locked (it holds the worker's checkpoint key).
+    pub(crate) _lock: std::fs::File,
+    pub(crate) store: Arc<vellum_store::postgres::PgStore>,
+    pub(crate) keyring: Arc<HmacKeyring>,
+    pub(crate) signer: Arc<vellum_core::checkpoint::CheckpointSigner>,
+}
+
+/// Opens what a worker needs to write: its data directory (locked), the store, the HMAC
+/// keys, the checkpoint signer.
+pub(crate) async fn open_postgres_writer_parts(
+    config: &ServerConfig,
+) -> Result<WriterParts, ServerError> {
+    require_shared_secret(config, config::Deployment::ScaleOut)?;
+    let lock = lock_data_dir(&config.data_dir)?;
+    let store = open_pg_store(config).await?;
+    let (keyring, _) = keyring_and_pipeline(config)?;
+    let signer = Arc::new(bootstrap::load_or_create_checkpoint_signer(
+        &config.data_dir,
+        config.checkpoint_key_file.as_deref(),
+        &config.checkpoint_key_name,
+        store.as_ref(),
+    )?);
+    Ok(WriterParts {
+        _lock: lock,
+        store,
+        keyring,
+        signer,
+    })
+}
+
+/// The queue settings of a configuration (name, partitions; the rest default).
+pub fn queue_settings(config: &ServerConfig) -> vellum_queue::QueueConfig {
+    vellum_queue::QueueConfig {
+        name: config.queue_name.clone(),
+        partitions: config.queue_partitions.max(1),
+        ..vellum_queue::QueueConfig::default()
+    }
+}
+
+/// A queue failure at start-up, as a server error (no secret in it: the queue crate's
+/// messages never carry the URL).
+pub(crate) fn queue_unavailable(e: &vellum_queue::QueueError) -> ServerError {
+    config::ConfigError(format!("AUDIT_REDIS_URL: {e}")).into()
+}
+
 /// The HMAC keyring of the data directory and the pipeline whose redaction tokens derive
 /// from it.
 fn keyring_and_pipeline(
@@ -544,6 +715,7 @@ fn writer_config(config: &ServerConfig) -> ingest::WriterConfig {
         max_batch: config.max_commit_batch,
         log_per_organization: config.log_per_organization,
         checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms.max(1)),
+        partition: None,
     }
 }
 

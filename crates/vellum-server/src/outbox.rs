@@ -62,6 +62,7 @@ pub async fn drain_with(
                 Ok(event) => submissions.push(Submission {
                     event,
                     idempotency_key: Some(format!("outbox:{}", entry.id)),
+                    id: None,
                 }),
                 // Written by this program, so this is a bug, not input: keep the entry out of
                 // the way of the others and say so loudly.
@@ -77,6 +78,9 @@ pub async fn drain_with(
                 Ok(Err(commit)) => return Err(DrainError::Writer(commit.to_string())),
                 Err(SubmitError::Full) => return Err(DrainError::Writer("queue full".into())),
                 Err(SubmitError::Stopped) => return Err(DrainError::Writer("stopped".into())),
+                Err(e @ SubmitError::Unavailable { .. }) => {
+                    return Err(DrainError::Writer(e.to_string()));
+                }
             }
         }
         let remover = store.clone();

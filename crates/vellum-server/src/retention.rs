@@ -276,12 +276,16 @@ impl Purger<'_> {
         let submission = Submission {
             event: prepared,
             idempotency_key: None,
+            id: None,
         };
         match self.ingest.submit(vec![submission]).await {
             Ok(Ok(_)) => {}
             Ok(Err(commit)) => return Err(PurgeError::Writer(commit.to_string())),
             Err(SubmitError::Full) => return Err(PurgeError::Writer("ingest queue full".into())),
             Err(SubmitError::Stopped) => return Err(PurgeError::Writer("writer stopped".into())),
+            Err(e @ SubmitError::Unavailable { .. }) => {
+                return Err(PurgeError::Writer(e.to_string()));
+            }
         }
         let purged_at = format_server_time(time::OffsetDateTime::now_utc());
         let rows: Vec<TombstoneWrite> = batch

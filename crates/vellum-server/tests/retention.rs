@@ -62,6 +62,7 @@ impl Rig {
                 max_batch: 1_000,
                 log_per_organization: false,
                 checkpoint_interval: Duration::from_millis(1),
+                partition: None,
             },
         )
         .expect("writer");
@@ -88,6 +89,7 @@ impl Rig {
                     .prepare(e, 0, time::OffsetDateTime::now_utc())
                     .expect("valid"),
                 idempotency_key: None,
+                id: None,
             })
             .collect();
         self.handle

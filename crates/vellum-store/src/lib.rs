@@ -13,9 +13,14 @@
 //!
 //! The split exists because SQLite with a dozen secondary indexes and FTS in the commit path
 //! cannot reach the ingest target on two cores; see ARCHITECTURE.md for the measurements.
+//!
+//! The server-database implementation, [`postgres::PgStore`], keeps the log and a
+//! time-partitioned search index in one PostgreSQL schema, written in the same transaction,
+//! and gives scale-out writers a fenced lease ([`postgres::PgStore::writer_lease`]).
 
 pub mod error;
 pub mod model;
+pub mod postgres;
 pub mod sqlite;
 
 mod index;
@@ -24,6 +29,7 @@ mod stats;
 
 pub use error::StoreError;
 pub use model::*;
+pub use postgres::{PgLease, PgOptions, PgStore, lock_key_for_partition};
 
 /// Everything the server, the worker and the command line need from storage.
 ///

@@ -9,6 +9,7 @@ mod report;
 mod retention;
 mod settings;
 mod verify;
+mod worker;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -36,7 +37,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server on the embedded store.
+    /// Run the server (embedded store; PostgreSQL with AUDIT_DB_URL; an API node of the
+    /// scale-out shape with AUDIT_REDIS_URL too).
     Serve(ServeArgs),
     /// Verify every hash, signature, chain link and sequence position in the store.
     Verify(verify::VerifyArgs),
@@ -56,6 +58,10 @@ enum Command {
     Keys(keys::KeysArgs),
     /// Apply retention policies to the data directory (with the server stopped).
     Retention(retention::RetentionArgs),
+    /// Write queued events to PostgreSQL (scale-out: AUDIT_DB_URL and AUDIT_REDIS_URL).
+    Worker(worker::WorkerArgs),
+    /// List, retry or drop dead-lettered queue messages (scale-out).
+    Dlq(worker::DlqArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -155,6 +161,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = settings::load(&overrides)?;
             retention::run(&config, &args)
         }
+        Command::Worker(args) => {
+            let config = settings::load(&overrides)?;
+            worker::run_worker(config, &args)
+        }
+        Command::Dlq(args) => {
+            let config = settings::load(&overrides)?;
+            worker::run_dlq(&config, &args)
+        }
     }
 }
 
@@ -191,7 +205,7 @@ fn serve(config: vellum_server::ServerConfig) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -43,16 +43,16 @@ fn from_env() -> anyhow::Result<Value> {
         .collect();
     let url_refs: Vec<(&str, &str)> = urls.iter().map(|(n, u)| (*n, u.as_str())).collect();
     vellum_server::config::check_transport_urls(require_tls, &url_refs)?;
-    if let Some(url) = var("AUDIT_DB_URL") {
-        let scheme = url.split(':').next().unwrap_or("");
-        bail!(
-            "AUDIT_DB_URL is set ({scheme}://…) but this build stores events only in the embedded SQLite store; unset it to use the data directory"
-        );
-    }
-    if var("AUDIT_REDIS_URL").is_some() {
-        bail!(
-            "AUDIT_REDIS_URL is set but the scale-out queue is not available in this build; unset it"
-        );
+    for (name, key) in [
+        ("AUDIT_DB_URL", "dbUrl"),
+        ("AUDIT_REDIS_URL", "redisUrl"),
+        ("AUDIT_DB_SCHEMA", "dbSchema"),
+        ("AUDIT_QUEUE_NAME", "queueName"),
+        ("VELLUM_NODE_ID", "nodeId"),
+    ] {
+        if let Some(value) = var(name) {
+            config.insert(key.into(), Value::String(value));
+        }
     }
     if let Some(secret) = var("AUDIT_CRYPTO_SECRET") {
         config.insert("cryptoSecret".into(), Value::String(secret));

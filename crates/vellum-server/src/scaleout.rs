@@ -1,0 +1,535 @@
+//! The API node's half of the scale-out shape (SPEC §1): prepared events go to Redis Streams
+//! instead of an in-process writer, and receipts come back from the workers.
+//!
+//! An API node validates, sanitizes, redacts and seals an event exactly as the embedded server
+//! does ([`vellum_core::pipeline`]), assigns its id, and `XADD`s a [`QueueMessage`] to the
+//! partition of the event's log ([`crate::ingest::partition_of`]); a worker owning that
+//! partition sequences, hashes, chains and commits it to PostgreSQL ([`crate::worker`]), then
+//! publishes the receipt on this node's channel.
+//!
+//! Invariants:
+//! - **Every queued event carries an idempotency key**: the client's (scoped to its API key)
+//!   or `q:<event id>`. The worker remembers receipts by key in the same transaction as the
+//!   events, so a message delivered twice (a worker died between commit and `XACK`) is written
+//!   once.
+//! - **A 202 is given only after `XADD` succeeded**: Redis holds the event from then on.
+//! - **The members cross the queue as canonical text** and the worker refuses text that
+//!   re-canonicalization would change, so the stored bytes are what the API node prepared.
+
+use crate::ingest::{CommitError, Receipt, Submission, SubmitError, log_for, partition_of};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use vellum_core::breaker::CircuitBreaker;
+use vellum_core::canonical::CanonicalMembers;
+use vellum_core::pipeline::PreparedEvent;
+use vellum_core::sanitize::SecuritySignal;
+use vellum_queue::{Lane, Producer, QueueConfig, QueueError, ReceiptListener};
+use vellum_store::AuditStore;
+
+/// Version of the [`QueueMessage`] format; a worker refuses (dead-letters) other versions.
+pub const MESSAGE_VERSION: u8 = 1;
+
+/// What an API node puts on the queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum QueueMessage {
+    /// One prepared event.
+    #[serde(rename_all = "camelCase")]
+    Event {
+        /// Format version ([`MESSAGE_VERSION`]).
+        v: u8,
+        /// The event id the API node answered with.
+        id: uuid::Uuid,
+        /// Scoped idempotency key (client's, or `q:<id>`).
+        key: String,
+        /// Node whose receipt channel wants the receipt.
+        node: String,
+        /// The prepared members as one canonical JSON object.
+        event: String,
+        /// The tenant (picks the log).
+        organization_id: Option<String>,
+        /// The event's own `idempotencyKey`, as the client sent it.
+        idempotency_key: Option<String>,
+        /// Pointers of redacted values.
+        redactions: Vec<String>,
+        /// Injection signals found by sanitization.
+        signals: Vec<SecuritySignal>,
+        /// Sign a checkpoint covering this event in its commit (`?wait=checkpoint`).
+        checkpoint: bool,
+        /// When the API node queued it (Unix µs), for the queue-lag metric.
+        queued_micros: i64,
+    },
+    /// Asks the log's writer for a checkpoint now.
+    #[serde(rename_all = "camelCase")]
+    Checkpoint {
+        /// Format version.
+        v: u8,
+        /// The log.
+        log_id: String,
+        /// Key the answer is published under.
+        key: String,
+        /// Node waiting for it.
+        node: String,
+    },
+}
+
+impl QueueMessage {
+    /// The message for one submission.
+    pub fn for_event(
+        submission: &Submission,
+        id: uuid::Uuid,
+        key: String,
+        node: &str,
+        checkpoint: bool,
+    ) -> Self {
+        let event = &submission.event;
+        QueueMessage::Event {
+            v: MESSAGE_VERSION,
+            id,
+            key,
+            node: node.to_owned(),
+            event: event.members.to_canonical_object(),
+            organization_id: event.organization_id.clone(),
+            idempotency_key: event.idempotency_key.clone(),
+            redactions: event.redactions.clone(),
+            signals: event.signals.clone(),
+            checkpoint,
+            queued_micros: vellum_core::time_fmt::unix_micros(time::OffsetDateTime::now_utc()),
+        }
+    }
+
+    /// Decodes a payload; the error says why a worker dead-letters it.
+    pub fn decode(payload: &[u8]) -> Result<Self, String> {
+        let message: QueueMessage =
+            serde_json::from_slice(payload).map_err(|e| format!("undecodable message: {e}"))?;
+        let v = match &message {
+            QueueMessage::Event { v, .. } | QueueMessage::Checkpoint { v, .. } => *v,
+        };
+        if v != MESSAGE_VERSION {
+            return Err(format!(
+                "message version {v}; this worker reads version {MESSAGE_VERSION}"
+            ));
+        }
+        Ok(message)
+    }
+
+    /// The submission a worker hands its writer.
+    pub fn into_submission(self) -> Result<Option<(Submission, bool)>, String> {
+        let QueueMessage::Event {
+            id,
+            key,
+            event,
+            organization_id,
+            idempotency_key,
+            redactions,
+            signals,
+            checkpoint,
+            ..
+        } = self
+        else {
+            return Ok(None);
+        };
+        let members = CanonicalMembers::from_canonical_object(&event).map_err(|e| e.to_string())?;
+        Ok(Some((
+            Submission {
+                event: PreparedEvent {
+                    members,
+                    idempotency_key,
+                    organization_id,
+                    redactions,
+                    signals,
+                },
+                idempotency_key: Some(key),
+                id: Some(id),
+            },
+            checkpoint,
+        )))
+    }
+}
+
+/// What a worker publishes back for one message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommitNotice {
+    /// The message's key.
+    pub key: String,
+    /// The receipt (absent for a checkpoint request).
+    pub receipt: Option<Receipt>,
+}
+
+/// An event accepted into the queue (HTTP 202).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueuedReceipt {
+    /// Event id it will have in the log.
+    pub id: String,
+    /// Its log.
+    pub log_id: String,
+    /// Always `queued`: a worker has not committed it yet.
+    pub status: String,
+}
+
+/// The queue side of an API node: producer, receipt listener, circuit breaker.
+pub struct QueueIngest {
+    producer: Producer,
+    receipts: ReceiptListener,
+    store: Arc<dyn AuditStore>,
+    breaker: Mutex<CircuitBreaker>,
+    node: String,
+    partitions: u32,
+    log_per_organization: bool,
+    commit_wait: Duration,
+    depth: AtomicUsize,
+}
+
+/// Prefix of the keys the API node gives events that came without one (`q:<event id>`).
+/// Client keys are scoped as `<api key id>:…` and internal ones as `outbox:…`, so they never
+/// start with it; such keys need no reservation, the id being fresh.
+pub const QUEUE_KEY_PREFIX: &str = "q:";
+
+/// How long an idempotency reservation lives in Redis (the 24 h window).
+const RESERVATION_TTL: Duration = crate::ingest::IDEMPOTENCY_WINDOW;
+
+impl QueueIngest {
+    /// Connects the producer and the receipt listener of node `node`.
+    pub async fn connect(
+        redis_url: &str,
+        queue: QueueConfig,
+        node: String,
+        store: Arc<dyn AuditStore>,
+        log_per_organization: bool,
+        commit_wait: Duration,
+    ) -> Result<Self, QueueError> {
+        let partitions = queue.partitions;
+        let producer = Producer::connect(redis_url, queue.clone()).await?;
+        let receipts = ReceiptListener::start(redis_url, &queue, &node).await?;
+        Ok(Self {
+            producer,
+            receipts,
+            store,
+            breaker: Mutex::new(CircuitBreaker::new(3, Duration::from_secs(2))),
+            node,
+            partitions,
+            log_per_organization,
+            commit_wait,
+            depth: AtomicUsize::new(0),
+        })
+    }
+
+    /// Events in the queue at the last measurement.
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// Whether the breaker lets requests through.
+    pub fn is_available(&self) -> bool {
+        self.breaker.lock().allow(Instant::now())
+    }
+
+    /// The producer (stats, ping).
+    pub fn producer(&self) -> &Producer {
+        &self.producer
+    }
+
+    /// Measures the queue and remembers its depth; `None` when Redis does not answer.
+    pub async fn refresh_stats(&self) -> Option<vellum_queue::QueueStats> {
+        match self.producer.stats().await {
+            Ok(stats) => {
+                let depth = stats.depth(Lane::High) + stats.depth(Lane::Normal);
+                self.depth.store(
+                    usize::try_from(depth).unwrap_or(usize::MAX),
+                    Ordering::Relaxed,
+                );
+                Some(stats)
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn refuse(&self, reason: String) -> SubmitError {
+        let retry_after = self
+            .breaker
+            .lock()
+            .retry_after(Instant::now())
+            .unwrap_or(Duration::from_secs(1));
+        SubmitError::Unavailable {
+            reason,
+            retry_after,
+        }
+    }
+
+    fn check_breaker(&self) -> Result<(), SubmitError> {
+        if self.breaker.lock().allow(Instant::now()) {
+            Ok(())
+        } else {
+            Err(self.refuse("Redis is unreachable (circuit open)".into()))
+        }
+    }
+
+    fn record<T>(&self, result: Result<T, QueueError>) -> Result<T, SubmitError> {
+        match result {
+            Ok(v) => {
+                self.breaker.lock().on_success(Instant::now());
+                Ok(v)
+            }
+            Err(e) => {
+                // Only an unreachable Redis opens the breaker; a full stream is back-pressure.
+                if matches!(e, QueueError::Unavailable(_)) {
+                    self.breaker.lock().on_failure(Instant::now());
+                }
+                metrics::counter!("vellum_queue_errors_total").increment(1);
+                tracing::warn!(error = %e, "queue operation failed");
+                Err(self.refuse(e.to_string()))
+            }
+        }
+    }
+
+    /// Queues events and returns as soon as Redis holds them (HTTP 202).
+    pub async fn enqueue(
+        &self,
+        submissions: &[Submission],
+        lane: Lane,
+        checkpoint: bool,
+    ) -> Result<Vec<(QueuedReceipt, String)>, SubmitError> {
+        self.check_breaker()?;
+        let mut out = Vec::with_capacity(submissions.len());
+        let mut by_partition: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
+        for submission in submissions {
+            let log_id = log_for(
+                submission.event.organization_id.as_deref(),
+                self.log_per_organization,
+            );
+            let mut id = submission.id.unwrap_or_else(uuid::Uuid::now_v7);
+            let key = match &submission.idempotency_key {
+                Some(key) if key.starts_with(QUEUE_KEY_PREFIX) => key.clone(),
+                Some(key) => {
+                    // The first node to see a key fixes the event's id; a retry on any node
+                    // answers with it and queues the event again under the same key (the
+                    // worker keeps one), so a node that died between reserving and queueing
+                    // cannot lose the event.
+                    let reserved = self.record(
+                        self.producer
+                            .reserve_idempotency(key, &id.to_string(), RESERVATION_TTL)
+                            .await,
+                    )?;
+                    if let Some(first) = reserved.and_then(|v| uuid::Uuid::parse_str(&v).ok()) {
+                        id = first;
+                    }
+                    key.clone()
+                }
+                None => format!("{QUEUE_KEY_PREFIX}{id}"),
+            };
+            let message =
+                QueueMessage::for_event(submission, id, key.clone(), &self.node, checkpoint);
+            let payload = serde_json::to_vec(&message)
+                .map_err(|e| self.refuse(format!("encoding a message: {e}")))?;
+            by_partition
+                .entry(partition_of(&log_id, self.partitions))
+                .or_default()
+                .push(payload);
+            out.push((
+                QueuedReceipt {
+                    id: id.hyphenated().to_string(),
+                    log_id,
+                    status: "queued".into(),
+                },
+                key,
+            ));
+        }
+        for (partition, payloads) in by_partition {
+            self.record(self.producer.enqueue(partition, lane, &payloads).await)?;
+        }
+        metrics::counter!("vellum_events_queued_total").increment(out.len() as u64);
+        Ok(out)
+    }
+
+    /// Queues events and waits for the workers' receipts (`?wait=committed`, and the
+    /// server's own audit records, which must be durable before the read they record is
+    /// answered).
+    pub async fn submit_and_wait(
+        &self,
+        submissions: Vec<Submission>,
+        want_checkpoint: bool,
+        checkpoint_log: Option<String>,
+    ) -> Result<Result<Vec<Receipt>, CommitError>, SubmitError> {
+        self.submit_and_wait_in(submissions, want_checkpoint, checkpoint_log, Lane::High)
+            .await
+    }
+
+    /// [`QueueIngest::submit_and_wait`] on a chosen lane.
+    pub async fn submit_and_wait_in(
+        &self,
+        submissions: Vec<Submission>,
+        want_checkpoint: bool,
+        checkpoint_log: Option<String>,
+        lane: Lane,
+    ) -> Result<Result<Vec<Receipt>, CommitError>, SubmitError> {
+        self.check_breaker()?;
+        // Register before queueing, so a fast worker's notice cannot be missed.
+        let mut waits = Vec::new();
+        if let Some(log_id) = checkpoint_log {
+            let key = format!("cp:{}", uuid::Uuid::now_v7());
+            let waiter = self.record(self.receipts.register(&key))?;
+            let message = QueueMessage::Checkpoint {
+                v: MESSAGE_VERSION,
+                log_id: log_id.clone(),
+                key: key.clone(),
+                node: self.node.clone(),
+            };
+            let payload = serde_json::to_vec(&message)
+                .map_err(|e| self.refuse(format!("encoding a message: {e}")))?;
+            self.record(
+                self.producer
+                    .enqueue(
+                        partition_of(&log_id, self.partitions),
+                        Lane::High,
+                        &[payload],
+                    )
+                    .await,
+            )?;
+            if !matches!(waiter.wait(self.commit_wait).await, Ok(Some(_))) {
+                return Ok(Err(CommitError(format!(
+                    "no worker made a checkpoint of log {log_id} within {:?}",
+                    self.commit_wait
+                ))));
+            }
+        }
+        if submissions.is_empty() {
+            return Ok(Ok(Vec::new()));
+        }
+        let keyed: Vec<Submission> = submissions
+            .into_iter()
+            .map(|mut s| {
+                if s.idempotency_key.is_none() {
+                    let id = s.id.unwrap_or_else(uuid::Uuid::now_v7);
+                    s.id = Some(id);
+                    s.idempotency_key = Some(format!("{QUEUE_KEY_PREFIX}{id}"));
+                }
+                s
+            })
+            .collect();
+        for s in &keyed {
+            let key = s.idempotency_key.as_deref().unwrap_or_default();
+            waits.push(self.record(self.receipts.register(key))?);
+        }
+        let queued = self.enqueue(&keyed, lane, want_checkpoint).await?;
+        let deadline = tokio::time::Instant::now() + self.commit_wait;
+        let mut receipts: Vec<Option<Receipt>> = Vec::with_capacity(waits.len());
+        for waiter in waits {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let notice = waiter
+                .wait(left)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|bytes| serde_json::from_slice::<CommitNotice>(&bytes).ok())
+                .and_then(|n| n.receipt);
+            receipts.push(notice);
+        }
+        // A notice can be lost (Redis restarted between commit and publish): the receipt is
+        // in the store under the key all the same.
+        let missing: Vec<&str> = receipts
+            .iter()
+            .zip(&queued)
+            .filter(|(r, _)| r.is_none())
+            .map(|(_, (_, key))| key.as_str())
+            .collect();
+        if !missing.is_empty() {
+            let store = self.store.clone();
+            let missing_owned: Vec<String> = missing.iter().map(|k| (*k).to_owned()).collect();
+            let found = tokio::task::spawn_blocking(move || {
+                let refs: Vec<&str> = missing_owned.iter().map(String::as_str).collect();
+                store.idempotent_receipts(&refs, 0)
+            })
+            .await
+            .map_err(|e| self.refuse(e.to_string()))?;
+            let found: HashMap<String, Receipt> = match found {
+                Ok(rows) => rows
+                    .into_iter()
+                    .filter_map(|(k, r)| serde_json::from_str(&r).ok().map(|r| (k, r)))
+                    .collect(),
+                Err(e) => return Ok(Err(CommitError(e.to_string()))),
+            };
+            for (slot, (_, key)) in receipts.iter_mut().zip(&queued) {
+                if slot.is_none() {
+                    *slot = found.get(key).cloned();
+                }
+            }
+        }
+        let committed: Option<Vec<Receipt>> = receipts.into_iter().collect();
+        Ok(committed.ok_or_else(|| {
+            CommitError(format!(
+                "queued, but no worker committed it within {:?}; retry with the same idempotency key",
+                self.commit_wait
+            ))
+        }))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use vellum_core::config::{RedactionConfig, ValidationConfig};
+    use vellum_core::pipeline::Pipeline;
+    use vellum_core::redact::Redactor;
+
+    #[test]
+    fn a_message_carries_the_prepared_event_byte_for_byte() {
+        let pipeline = Pipeline::new(
+            ValidationConfig::default(),
+            Redactor::new(&RedactionConfig::default(), &[7u8; 32]).expect("redactor"),
+        );
+        let event = serde_json::json!({
+            "action": "fhir.patient.read", "status": "success", "principalId": "dr-é",
+            "details": {"n": 1.5e300, "s": "a\u{2028}b"}, "organizationId": "org-1",
+            "idempotencyKey": "k-1"
+        });
+        let prepared = pipeline
+            .prepare(event, 100, time::OffsetDateTime::now_utc())
+            .expect("valid");
+        let submission = Submission {
+            event: prepared.clone(),
+            idempotency_key: Some("key:e:k-1".into()),
+            id: None,
+        };
+        let id = uuid::Uuid::now_v7();
+        let message = QueueMessage::for_event(&submission, id, "key:e:k-1".into(), "n1", true);
+        let bytes = serde_json::to_vec(&message).expect("encode");
+        let (back, checkpoint) = QueueMessage::decode(&bytes)
+            .expect("decode")
+            .into_submission()
+            .expect("canonical")
+            .expect("an event");
+        assert!(checkpoint);
+        assert_eq!(back.id, Some(id));
+        assert_eq!(back.event.members, prepared.members);
+        assert_eq!(back.event.organization_id.as_deref(), Some("org-1"));
+        assert_eq!(back.event.idempotency_key.as_deref(), Some("k-1"));
+    }
+
+    #[test]
+    fn a_worker_refuses_what_it_cannot_hash_faithfully() {
+        assert!(QueueMessage::decode(b"not json").is_err());
+        let wrong_version =
+            br#"{"kind":"checkpoint","v":9,"logId":"default","key":"k","node":"n"}"#;
+        assert!(
+            QueueMessage::decode(wrong_version)
+                .unwrap_err()
+                .contains("version 9")
+        );
+        let reordered = serde_json::to_vec(&serde_json::json!({
+            "kind": "event", "v": 1, "id": uuid::Uuid::nil(), "key": "k", "node": "n",
+            "event": "{\"status\":\"success\",\"action\":\"x\"}", "organizationId": null,
+            "idempotencyKey": null, "redactions": [], "signals": [], "checkpoint": false,
+            "queuedMicros": 0
+        }))
+        .expect("json");
+        let message = QueueMessage::decode(&reordered).expect("decodes");
+        assert!(message.into_submission().is_err());
+    }
+}

@@ -1,0 +1,602 @@
+//! `vellum worker`: the writers of the scale-out shape (SPEC §1).
+//!
+//! The queue is split into partitions ([`crate::ingest::partition_of`] maps a log to one). A
+//! worker owns a partition while it holds the partition's PostgreSQL advisory lock, taken on a
+//! dedicated connection ([`PgLease`]); every append of that partition's writer runs on that
+//! same connection. That is the fence: if the session dies, PostgreSQL drops the lock *and*
+//! the writer's next commit fails, so two workers can never both append to a log.
+//!
+//! For each partition it owns, a worker runs the same group-commit writer as the embedded
+//! server ([`crate::ingest::Writer`], restricted to the partition's logs) and a consumer that
+//! reads the partition's two Redis streams (high lane first), commits a batch, publishes each
+//! receipt to the API node that waits for it, and only then `XACK`s. A failed commit acks
+//! nothing: the messages stay pending and are read again, first, after a back-off. On taking
+//! a partition, the worker claims (`XAUTOCLAIM`) what the previous owner left pending; the
+//! idempotency keys every message carries make a redelivered message a replay, not a second
+//! event.
+//!
+//! Sharing: every worker heartbeats in Redis and aims for `ceil(partitions / live workers)`
+//! partitions; it takes free partitions up to that share, sheds the excess, and takes a free
+//! partition beyond its share only after seeing it free for two rounds (a standby covering for
+//! a dead worker within about two seconds of PostgreSQL closing the dead worker's sessions).
+
+use crate::ingest::{IngestHandle, Receipt, Writer, WriterConfig, log_for, partition_of};
+use crate::scaleout::{CommitNotice, QueueMessage};
+use crate::{ServerConfig, ServerError};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use vellum_core::checkpoint::CheckpointSigner;
+use vellum_core::integrity::HmacKeyring;
+use vellum_queue::{Consumer, Message, QueueConfig, ReceiptBus};
+use vellum_store::AuditStore;
+use vellum_store::postgres::{PgLease, PgStore, lock_key_for_partition};
+
+/// Everything a partition's task needs, shared by all of a worker's partitions.
+struct WorkerContext {
+    store: Arc<PgStore>,
+    keyring: Option<Arc<HmacKeyring>>,
+    signer: Arc<CheckpointSigner>,
+    writer: WriterConfig,
+    queue: QueueConfig,
+    redis_url: String,
+    node: String,
+    bus: ReceiptBus,
+}
+
+/// A partition this worker owns.
+struct Owned {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Runs a worker until `stop` fires: takes its share of partitions, writes them, hands them
+/// over when told to stop.
+pub async fn run(
+    config: ServerConfig,
+    mut stop: watch::Receiver<bool>,
+    listen: Option<std::net::SocketAddr>,
+) -> Result<(), ServerError> {
+    let crate::WriterParts {
+        _lock,
+        store,
+        keyring,
+        signer,
+    } = crate::open_postgres_writer_parts(&config).await?;
+    let redis_url = config
+        .redis_url
+        .as_ref()
+        .map(|u| u.as_str().to_owned())
+        .ok_or_else(|| crate::config::ConfigError("vellum worker needs AUDIT_REDIS_URL".into()))?;
+    let queue = crate::queue_settings(&config);
+    let node = config.node_name();
+    let bus = ReceiptBus::connect(&redis_url, queue.clone())
+        .await
+        .map_err(|e| crate::queue_unavailable(&e))?;
+    let mut membership = Membership::connect(&redis_url, &queue.name, &node)
+        .await
+        .map_err(|e| crate::queue_unavailable(&e))?;
+    let mut writer = crate::writer_config(&config);
+    writer.partition = None;
+    let ctx = Arc::new(WorkerContext {
+        store,
+        keyring: config.enable_signatures.then_some(keyring),
+        signer,
+        writer,
+        queue: queue.clone(),
+        redis_url,
+        node: node.clone(),
+        bus,
+    });
+    let health = Arc::new(Health {
+        owned: std::sync::atomic::AtomicUsize::new(0),
+        store: ctx.store.clone(),
+        producer: vellum_queue::Producer::connect(&ctx.redis_url, queue.clone())
+            .await
+            .map_err(|e| crate::queue_unavailable(&e))?,
+    });
+    let http = match listen {
+        Some(addr) => Some(serve_health(addr, health.clone()).await?),
+        None => None,
+    };
+    tracing::info!(node = %node, partitions = queue.partitions, "vellum worker started");
+    let partitions = queue.partitions.max(1);
+    let mut owned: BTreeMap<u32, Owned> = BTreeMap::new();
+    let mut seen_free: HashMap<u32, u32> = HashMap::new();
+    let mut released_at: HashMap<u32, Instant> = HashMap::new();
+    // Start scanning at a node-specific offset so that workers starting together spread.
+    let offset = partition_of(&node, partitions);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => break,
+        }
+        if *stop.borrow() {
+            break;
+        }
+        owned.retain(|p, o| {
+            let running = !o.task.is_finished();
+            if !running {
+                tracing::warn!(partition = p, "partition task ended; it is free again");
+            }
+            running
+        });
+        let live = membership.heartbeat().await.unwrap_or(1).max(1);
+        let share = partitions.div_ceil(live) as usize;
+        metrics::gauge!("vellum_worker_partitions_owned").set(owned.len() as f64);
+        health
+            .owned
+            .store(owned.len(), std::sync::atomic::Ordering::Relaxed);
+        metrics::gauge!("vellum_workers_live").set(f64::from(live));
+        while owned.len() > share {
+            let Some((&p, _)) = owned.iter().next_back() else {
+                break;
+            };
+            if let Some(o) = owned.remove(&p) {
+                tracing::info!(partition = p, share, "handing a partition over");
+                let _ = o.stop.send(true);
+                let _ = o.task.await;
+                released_at.insert(p, Instant::now());
+            }
+        }
+        for i in 0..partitions {
+            let p = (offset + i) % partitions;
+            if owned.contains_key(&p) {
+                seen_free.remove(&p);
+                continue;
+            }
+            let within_share = owned.len() < share;
+            let rounds = seen_free.get(&p).copied().unwrap_or(0);
+            let recently_released = released_at
+                .get(&p)
+                .is_some_and(|at| at.elapsed() < Duration::from_secs(5));
+            if !within_share && (rounds < 2 || recently_released) {
+                // Only probe (is it free?) without keeping it.
+                if partition_is_free(&ctx.store, p).await {
+                    seen_free.insert(p, rounds + 1);
+                } else {
+                    seen_free.remove(&p);
+                }
+                continue;
+            }
+            match take_partition(&ctx, p).await {
+                Ok(Some(o)) => {
+                    tracing::info!(partition = p, "took a partition");
+                    owned.insert(p, o);
+                    seen_free.remove(&p);
+                }
+                Ok(None) => {
+                    seen_free.remove(&p);
+                }
+                Err(e) => {
+                    tracing::warn!(partition = p, error = %e, "cannot take a partition (PostgreSQL down?)");
+                    break;
+                }
+            }
+        }
+    }
+    tracing::info!(
+        partitions = owned.len(),
+        "worker stopping: handing every partition back"
+    );
+    for (_, o) in std::mem::take(&mut owned) {
+        let _ = o.stop.send(true);
+        let _ = o.task.await;
+    }
+    let _ = membership.leave().await;
+    if let Some(http) = http {
+        http.abort();
+    }
+    Ok(())
+}
+
+/// What the worker's `/readyz` and `/metrics` look at.
+struct Health {
+    owned: std::sync::atomic::AtomicUsize,
+    store: Arc<PgStore>,
+    producer: vellum_queue::Producer,
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics` for the worker.
+async fn serve_health(
+    addr: std::net::SocketAddr,
+    health: Arc<Health>,
+) -> Result<tokio::task::JoinHandle<()>, ServerError> {
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Io {
+            context: format!("binding {addr}"),
+            source,
+        })?;
+    let prometheus = crate::telemetry::prometheus();
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { r#"{"status":"ok"}"# }))
+        .route(
+            "/readyz",
+            get(
+                move |axum::extract::State(h): axum::extract::State<Arc<Health>>| async move {
+                    let store = h.store.clone();
+                    let store_ok = tokio::task::spawn_blocking(move || store.ping().is_ok())
+                        .await
+                        .unwrap_or(false);
+                    let stats = h.producer.stats().await.ok();
+                    let owned = h.owned.load(std::sync::atomic::Ordering::Relaxed);
+                    let ready = store_ok && stats.is_some();
+                    let body = serde_json::json!({
+                        "status": if ready { "ready" } else { "unavailable" },
+                        "store": store_ok,
+                        "queue": stats.as_ref().map(crate::api::queue_json),
+                        "partitionsOwned": owned,
+                    });
+                    let status = if ready {
+                        axum::http::StatusCode::OK
+                    } else {
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (status, body.to_string())
+                },
+            ),
+        )
+        .route(
+            "/metrics",
+            get(
+                move |axum::extract::State(h): axum::extract::State<Arc<Health>>| async move {
+                    if let Ok(stats) = h.producer.stats().await {
+                        crate::api::record_queue_gauges(&stats);
+                    }
+                    prometheus.as_ref().map(|p| p.render()).unwrap_or_default()
+                },
+            ),
+        )
+        .with_state(health);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "worker health endpoint stopped");
+        }
+    }))
+}
+
+/// Whether no worker holds partition `p` (takes and immediately releases its lock).
+async fn partition_is_free(store: &Arc<PgStore>, p: u32) -> bool {
+    let store = store.clone();
+    tokio::task::spawn_blocking(
+        move || match store.writer_lease(&[lock_key_for_partition(p)]) {
+            Ok(Some(lease)) => {
+                lease.release();
+                true
+            }
+            _ => false,
+        },
+    )
+    .await
+    .unwrap_or(false)
+}
+
+/// Takes partition `p` if no one holds it: its lock, its writer, its consumer task.
+async fn take_partition(
+    ctx: &Arc<WorkerContext>,
+    p: u32,
+) -> Result<Option<Owned>, vellum_store::StoreError> {
+    let store = ctx.store.clone();
+    let lease =
+        tokio::task::spawn_blocking(move || store.writer_lease(&[lock_key_for_partition(p)]))
+            .await
+            .map_err(|e| vellum_store::StoreError::Unavailable(e.to_string()))??;
+    let Some(lease) = lease else {
+        return Ok(None);
+    };
+    let lease = Arc::new(lease);
+    let mut writer_config = ctx.writer.clone();
+    writer_config.partition = Some((p, ctx.queue.partitions.max(1)));
+    let keyring = ctx.keyring.clone();
+    let signer = ctx.signer.clone();
+    let writer_store: Arc<dyn AuditStore> = lease.clone();
+    let started = tokio::task::spawn_blocking(move || {
+        Writer::start(writer_store, keyring, signer, writer_config)
+    })
+    .await
+    .map_err(|e| vellum_store::StoreError::Unavailable(e.to_string()))??;
+    let (writer, ingest) = started;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let ctx = ctx.clone();
+    let task = tokio::spawn(async move {
+        if let Err(e) = consume(&ctx, p, &lease, &ingest, stop_rx).await {
+            tracing::warn!(partition = p, error = %e, "partition consumer stopped");
+        }
+        drop(ingest);
+        let _ = tokio::task::spawn_blocking(move || {
+            writer.join();
+            if let Ok(lease) = Arc::try_unwrap(lease) {
+                lease.release();
+            }
+        })
+        .await;
+    });
+    Ok(Some(Owned {
+        stop: stop_tx,
+        task,
+    }))
+}
+
+/// The consumer loop of one owned partition.
+async fn consume(
+    ctx: &WorkerContext,
+    p: u32,
+    lease: &PgLease,
+    ingest: &IngestHandle,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), vellum_queue::QueueError> {
+    let mut consumer = Consumer::new(&ctx.redis_url, ctx.queue.clone(), p, &ctx.node).await?;
+    // We hold the partition's lock, so whoever had it is gone: take over what it left.
+    let claimed = consumer.claim_abandoned_now().await?;
+    if claimed > 0 {
+        tracing::info!(
+            partition = p,
+            claimed,
+            "claimed messages a previous owner left pending"
+        );
+    }
+    let max_batch = ctx.writer.max_batch.max(1);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        if !lease.is_held() {
+            tracing::warn!(
+                partition = p,
+                "lost the partition's lock (PostgreSQL session ended)"
+            );
+            return Ok(());
+        }
+        let batch = tokio::select! {
+            batch = consumer.next_batch(max_batch, Duration::from_millis(250)) => batch,
+            _ = stop.changed() => return Ok(()),
+        };
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::warn!(partition = p, error = %e, "reading the queue failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            continue;
+        }
+        match commit_batch(ctx, p, ingest, &mut consumer, &batch).await {
+            Ok(()) => backoff = Duration::from_millis(50),
+            Err(e) => {
+                metrics::counter!("vellum_worker_commit_failures_total").increment(1);
+                tracing::warn!(partition = p, error = %e, messages = batch.len(), "commit failed; nothing acknowledged, retrying");
+                // A message that keeps failing while the store is up would hold its whole
+                // partition back: commit each such message alone, and set aside the ones that
+                // still fail (with the store's reason) so the others go on.
+                if lease.is_held() {
+                    let stuck: Vec<&Message> = batch
+                        .iter()
+                        .filter(|m| consumer.over_delivery_limit(m))
+                        .collect();
+                    for message in stuck {
+                        if let Err(alone) = commit_batch(
+                            ctx,
+                            p,
+                            ingest,
+                            &mut consumer,
+                            std::slice::from_ref(message),
+                        )
+                        .await
+                            && lease.is_held()
+                        {
+                            let reason = format!(
+                                "commit failed {} times, the last time alone: {alone}",
+                                message.deliveries
+                            );
+                            if let Err(dl) = dead_letter(&mut consumer, message, &reason).await {
+                                tracing::warn!(error = %dl, "dead-lettering failed");
+                            }
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => return Ok(()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Commits one batch read from the queue, publishes the receipts, then acks.
+async fn commit_batch(
+    ctx: &WorkerContext,
+    p: u32,
+    ingest: &IngestHandle,
+    consumer: &mut Consumer,
+    batch: &[Message],
+) -> Result<(), String> {
+    let partitions = ctx.queue.partitions.max(1);
+    let mut submissions = Vec::new();
+    let mut event_messages: Vec<(&Message, String, String)> = Vec::new();
+    let mut checkpoints: Vec<(&Message, String, String, String)> = Vec::new();
+    let mut want_checkpoint = false;
+    for message in batch {
+        let decoded = QueueMessage::decode(&message.payload);
+        let routed = decoded.and_then(|m| {
+            let (log_id, node, key) = match &m {
+                QueueMessage::Event {
+                    organization_id,
+                    node,
+                    key,
+                    ..
+                } => (
+                    log_for(organization_id.as_deref(), ctx.writer.log_per_organization),
+                    node.clone(),
+                    key.clone(),
+                ),
+                QueueMessage::Checkpoint {
+                    log_id, node, key, ..
+                } => (log_id.clone(), node.clone(), key.clone()),
+            };
+            if partition_of(&log_id, partitions) != p {
+                return Err(format!(
+                    "log {log_id:?} belongs to partition {}, not {p}: do all nodes use the same queuePartitions and logPerOrganization?",
+                    partition_of(&log_id, partitions)
+                ));
+            }
+            Ok((m, log_id, node, key))
+        });
+        match routed {
+            Ok((QueueMessage::Checkpoint { .. }, log_id, node, key)) => {
+                checkpoints.push((message, log_id, node, key));
+            }
+            Ok((m, _, node, key)) => match m.into_submission() {
+                Ok(Some((submission, checkpoint))) => {
+                    want_checkpoint |= checkpoint;
+                    submissions.push(submission);
+                    event_messages.push((message, node, key));
+                }
+                Ok(None) => {}
+                Err(reason) => dead_letter(consumer, message, &reason).await?,
+            },
+            Err(reason) => dead_letter(consumer, message, &reason).await?,
+        }
+    }
+    let mut notices: Vec<vellum_queue::Receipt> = Vec::new();
+    let mut done: Vec<&Message> = Vec::new();
+    if !submissions.is_empty() {
+        let receipts: Vec<Receipt> =
+            match ingest.submit_with(submissions, want_checkpoint, None).await {
+                Ok(Ok(receipts)) => receipts,
+                Ok(Err(commit)) => return Err(commit.to_string()),
+                Err(e) => return Err(e.to_string()),
+            };
+        let now = vellum_core::time_fmt::unix_micros(time::OffsetDateTime::now_utc());
+        for ((message, node, key), receipt) in event_messages.into_iter().zip(receipts) {
+            if let Ok(QueueMessage::Event { queued_micros, .. }) =
+                QueueMessage::decode(&message.payload)
+            {
+                let lag = (now - queued_micros).max(0) as f64 / 1e6;
+                metrics::histogram!("vellum_queue_commit_lag_seconds").record(lag);
+            }
+            let notice = CommitNotice {
+                key: key.clone(),
+                receipt: Some(receipt),
+            };
+            if let Ok(payload) = serde_json::to_vec(&notice) {
+                notices.push(vellum_queue::Receipt {
+                    node_id: node,
+                    key,
+                    payload,
+                });
+            }
+            done.push(message);
+        }
+    }
+    for (message, log_id, node, key) in checkpoints {
+        ingest
+            .checkpoint_now(&log_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        let notice = CommitNotice {
+            key: key.clone(),
+            receipt: None,
+        };
+        if let Ok(payload) = serde_json::to_vec(&notice) {
+            notices.push(vellum_queue::Receipt {
+                node_id: node,
+                key,
+                payload,
+            });
+        }
+        done.push(message);
+    }
+    // Durable now. A lost notice only makes the API node look the receipt up in the store.
+    if !notices.is_empty()
+        && let Err(e) = ctx.bus.publish_many(&notices).await
+    {
+        tracing::debug!(error = %e, "publishing receipts failed; waiters fall back to the store");
+    }
+    if !done.is_empty() {
+        // If the ack fails the messages are delivered again and replayed by key.
+        consumer.ack(&done).await.map_err(|e| e.to_string())?;
+        metrics::counter!("vellum_worker_events_committed_total").increment(done.len() as u64);
+    }
+    Ok(())
+}
+
+async fn dead_letter(
+    consumer: &mut Consumer,
+    message: &Message,
+    reason: &str,
+) -> Result<(), String> {
+    tracing::warn!(entry = %message.entry_id, reason, "dead-lettering a message");
+    metrics::counter!("vellum_dead_letters_total").increment(1);
+    consumer
+        .dead_letter(message, reason)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Worker heartbeats in Redis: each live worker refreshes `{queue}:worker:{node}` (5 s TTL)
+/// every second and counts the others.
+struct Membership {
+    conn: redis::aio::ConnectionManager,
+    key: String,
+    pattern: String,
+}
+
+impl Membership {
+    async fn connect(url: &str, queue: &str, node: &str) -> Result<Self, vellum_queue::QueueError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| vellum_queue::QueueError::Unavailable(e.to_string()))?;
+        let conn = redis::aio::ConnectionManager::new(client)
+            .await
+            .map_err(|e| vellum_queue::QueueError::Unavailable(e.to_string()))?;
+        Ok(Self {
+            conn,
+            key: format!("{queue}:worker:{node}"),
+            pattern: format!("{queue}:worker:*"),
+        })
+    }
+
+    /// Refreshes this worker's heartbeat; returns how many workers are alive.
+    async fn heartbeat(&mut self) -> Result<u32, redis::RedisError> {
+        let _: () = redis::cmd("SET")
+            .arg(&self.key)
+            .arg("1")
+            .arg("EX")
+            .arg(5)
+            .query_async(&mut self.conn)
+            .await?;
+        let mut cursor: u64 = 0;
+        let mut live = 0u32;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&self.pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut self.conn)
+                .await?;
+            live = live.saturating_add(u32::try_from(keys.len()).unwrap_or(u32::MAX));
+            if next == 0 {
+                return Ok(live);
+            }
+            cursor = next;
+        }
+    }
+
+    async fn leave(&mut self) -> Result<(), redis::RedisError> {
+        redis::cmd("DEL")
+            .arg(&self.key)
+            .query_async(&mut self.conn)
+            .await
+    }
+}

@@ -1,0 +1,241 @@
+//! Full text for PostgreSQL the way the SQLite index tokenizes it.
+//!
+//! The SQLite index uses FTS5's default `unicode61` tokenizer: a token is a run of letters,
+//! numbers and private-use characters (Unicode categories `L*`, `N*`, `Co`), folded to lower
+//! case, with simple diacritics removed (`é` → `e`, but `ǖ`, which carries two, stays). A query
+//! term is a phrase of the tokens of that term. PostgreSQL's text-search parsers split
+//! differently (`fhir.patient.read` is one "host" token there, `dr-1` a hyphenated word), so
+//! the store does not let PostgreSQL parse: it tokenizes here, writes the `tsvector` as a
+//! literal of those lexemes with their positions, and writes a `tsquery` literal in which each
+//! term is a `<->` phrase of its tokens and the terms are joined by `&`. The result is the same
+//! match set as FTS5 for the same text, with two PostgreSQL limits (see [`MAX_LEXEME_BYTES`] and
+//! [`MAX_POSITION`]). Categories come from Rust's Unicode tables rather than SQLite's own, so a
+//! few characters are classified differently: FTS5 treats code points missing from its (older)
+//! Unicode table as token characters, so symbols assigned later — most emoji, e.g. U+1F642 —
+//! are words there and separators here. The unit tests compare both tokenizers on Latin,
+//! Greek, Cyrillic, CJK, digits, punctuation, symbols and diacritics.
+
+use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::char::is_combining_mark;
+
+/// PostgreSQL refuses lexemes longer than 2,047 bytes; longer tokens are left out of the
+/// `tsvector` (and a query term containing one matches nothing).
+pub(crate) const MAX_LEXEME_BYTES: usize = 2047;
+
+/// PostgreSQL keeps word positions up to 16,383 (later words share that position), so a phrase
+/// beyond the 16,383rd word of an event may match where FTS5 would not.
+pub(crate) const MAX_POSITION: usize = 16_383;
+
+fn is_private_use(c: char) -> bool {
+    matches!(c as u32, 0xE000..=0xF8FF | 0xF_0000..=0xF_FFFD | 0x10_0000..=0x10_FFFD)
+}
+
+/// Whether `c` starts or continues a token (FTS5 `unicode61`, categories `L* N* Co`).
+fn is_token_char(c: char) -> bool {
+    if c.is_ascii() {
+        c.is_ascii_alphanumeric()
+    } else {
+        (c.is_alphanumeric() && !is_combining_mark(c)) || is_private_use(c)
+    }
+}
+
+/// The combining diacritics FTS5 lets continue a token (and then drops): the same bit masks
+/// as SQLite's `sqlite3Fts5UnicodeIsdiacritic` over U+0300..U+0331.
+fn is_diacritic(c: char) -> bool {
+    let c = c as u32;
+    if !(768..=817).contains(&c) {
+        return false;
+    }
+    if c < 800 {
+        0x0802_9FDF_u32 & (1 << (c - 768)) != 0
+    } else {
+        0x0003_61F8_u32 & (1 << (c - 800)) != 0
+    }
+}
+
+/// Lower case, then (like `remove_diacritics=1`) a Latin letter with one diacritic becomes its
+/// base letter. `None` for a character that folds to nothing (a diacritic on its own).
+fn fold(c: char) -> Option<char> {
+    if c.is_ascii() {
+        return Some(c.to_ascii_lowercase());
+    }
+    if is_diacritic(c) {
+        return None;
+    }
+    let mut lower = c.to_lowercase();
+    let folded = match (lower.next(), lower.next()) {
+        (Some(l), None) => l,
+        _ => c,
+    };
+    let mut parts = std::iter::once(folded).nfd();
+    if let (Some(base), Some(mark), None) = (parts.next(), parts.next(), parts.next())
+        && base.is_ascii_alphabetic()
+        && is_combining_mark(mark)
+    {
+        return Some(base);
+    }
+    Some(folded)
+}
+
+/// The tokens of `text`, in order, as FTS5 `unicode61` produces them.
+pub(crate) fn tokens(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current: Option<String> = None;
+    for c in text.chars() {
+        match current.as_mut() {
+            None => {
+                if is_token_char(c) {
+                    let mut token = String::new();
+                    token.extend(fold(c));
+                    current = Some(token);
+                }
+            }
+            Some(token) => {
+                if is_token_char(c) || is_diacritic(c) {
+                    token.extend(fold(c));
+                } else if let Some(done) = current.take() {
+                    out.push(done);
+                }
+            }
+        }
+    }
+    out.extend(current);
+    out
+}
+
+/// Quotes a lexeme for `tsvector`/`tsquery` input.
+fn quote(lexeme: &str, out: &mut String) {
+    out.push('\'');
+    for c in lexeme.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+}
+
+/// The `tsvector` literal of an event's free text: every token with its position (1-based).
+pub(crate) fn tsvector_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + text.len() / 2);
+    for (index, token) in tokens(text).iter().enumerate() {
+        if token.is_empty() || token.len() > MAX_LEXEME_BYTES {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        quote(token, &mut out);
+        out.push(':');
+        out.push_str(&(index + 1).min(MAX_POSITION).to_string());
+    }
+    out
+}
+
+/// What a search's `q` means for PostgreSQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TextQuery {
+    /// No full-text condition (`q` absent or only whitespace and control characters).
+    None,
+    /// A term has no token (`q=---`): FTS5 matches nothing for an empty phrase.
+    Nothing,
+    /// The `tsquery` literal.
+    Query(String),
+}
+
+/// Builds the `tsquery` of a search text the way `index::fts_query` builds the FTS5 query: C0
+/// control characters other than tab and newline are dropped, each whitespace-separated term
+/// is a phrase of its tokens, every term must match.
+pub(crate) fn tsquery_literal(q: &str) -> TextQuery {
+    let cleaned: String = q
+        .chars()
+        .filter(|&c| c > '\u{1f}' || c == '\t' || c == '\n')
+        .collect();
+    let mut out = String::new();
+    let mut any = false;
+    for term in cleaned.split_whitespace() {
+        any = true;
+        let tokens = tokens(term);
+        if tokens.is_empty() || tokens.iter().any(|t| t.len() > MAX_LEXEME_BYTES) {
+            return TextQuery::Nothing;
+        }
+        if !out.is_empty() {
+            out.push_str(" & ");
+        }
+        let phrase = tokens.len() > 1;
+        if phrase {
+            out.push('(');
+        }
+        for (i, token) in tokens.iter().enumerate() {
+            if i > 0 {
+                out.push_str(" <-> ");
+            }
+            quote(token, &mut out);
+        }
+        if phrase {
+            out.push(')');
+        }
+    }
+    if any {
+        TextQuery::Query(out)
+    } else {
+        TextQuery::None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::Connection;
+
+    /// FTS5's own tokens of `text`, through an `fts5vocab` table.
+    fn fts5_tokens(conn: &Connection, text: &str) -> Vec<String> {
+        conn.execute("DELETE FROM t", []).expect("clear");
+        conn.execute("INSERT INTO t (rowid, x) VALUES (1, ?1)", [text])
+            .expect("insert");
+        let mut stmt = conn
+            .prepare("SELECT term FROM v ORDER BY \"offset\"")
+            .expect("vocab");
+        stmt.query_map([], |r| r.get::<_, String>(0))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("terms")
+    }
+
+    #[test]
+    fn tokens_match_fts5_unicode61() {
+        let conn = Connection::open_in_memory().expect("memory");
+        conn.execute_batch(
+            "CREATE VIRTUAL TABLE t USING fts5(x);
+             CREATE VIRTUAL TABLE v USING fts5vocab(t, instance);",
+        )
+        .expect("fts5");
+        let samples = [
+            "fhir.patient.read by dr-1 at 10.0.0.1",
+            "Record number 17 viewed in the Ward; PASSWORD=x",
+            "Ünïcödé café naïve résumé Ångström ǖ Œuvre straße",
+            "Ελληνικά ΚΕΦΑΛΑΙΑ и кириллица ЙОД",
+            "漢字かなカナ 한국어 mixed123abc ١٢٣",
+            "tab\tnew\nline, e\u{301}cole (decomposed) ‐dash– “quotes” ½ ² x²",
+            "symbols ☃ ★ and private \u{E000}use",
+            "under_score hy-phen a/b c:d e@f.g #tag $5.00 50%",
+            "",
+            "   ",
+        ];
+        for sample in samples {
+            assert_eq!(tokens(sample), fts5_tokens(&conn, sample), "{sample:?}");
+        }
+    }
+
+    #[test]
+    fn queries_are_phrases_joined_by_and() {
+        assert_eq!(tsquery_literal("  \u{1}  "), TextQuery::None);
+        assert_eq!(tsquery_literal("alice ---"), TextQuery::Nothing);
+        assert_eq!(
+            tsquery_literal("Alice dr-1 o'neil"),
+            TextQuery::Query("'alice' & ('dr' <-> '1') & ('o' <-> 'neil')".into())
+        );
+        assert_eq!(tsvector_literal("A b, a"), "'a':1 'b':2 'a':3");
+    }
+}
