@@ -381,7 +381,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             (Some(writer), ingest)
         }
     };
-    let subjects = Arc::new(subjects::SubjectKeys::new(store.clone(), &keyring));
+    let subjects = Arc::new(subjects::SubjectKeys::new(
+        store.clone(),
+        &keyring,
+        deployment == config::Deployment::ScaleOut,
+    ));
     let state = AppState {
         store: store.clone(),
         pipeline,

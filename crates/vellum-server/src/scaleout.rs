@@ -507,7 +507,10 @@ mod tests {
             .expect("an event");
         assert!(checkpoint);
         assert_eq!(back.id, Some(id));
-        assert_eq!(back.event.members, prepared.members);
+        assert_eq!(
+            back.event.members.to_canonical_object(),
+            prepared.members.to_canonical_object()
+        );
         assert_eq!(back.event.organization_id.as_deref(), Some("org-1"));
         assert_eq!(back.event.idempotency_key.as_deref(), Some("k-1"));
     }

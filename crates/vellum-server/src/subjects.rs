@@ -35,6 +35,10 @@ pub struct SubjectKeys {
     lookup_key: Zeroizing<Vec<u8>>,
     cache: RwLock<HashMap<String, Arc<SubjectSecret>>>,
     by_ref: RwLock<HashMap<String, Arc<SubjectSecret>>>,
+    /// False when several nodes share the store (scale-out): a key erased through one node
+    /// must not stay usable from another node's memory, so nothing is cached and every use
+    /// reads the store (one primary-key lookup).
+    caching: bool,
 }
 
 /// Unwrapped keys kept per cache before it starts over (~100 bytes each).
@@ -66,8 +70,9 @@ fn random<const N: usize>() -> Result<[u8; N], StoreError> {
 }
 
 impl SubjectKeys {
-    /// Keys kept in `store`, wrapped under a key derived from `keyring`.
-    pub fn new(store: Arc<dyn AuditStore>, keyring: &HmacKeyring) -> Self {
+    /// Keys kept in `store`, wrapped under a key derived from `keyring`. With `shared_store`
+    /// (several nodes on one store), unwrapped keys are never cached.
+    pub fn new(store: Arc<dyn AuditStore>, keyring: &HmacKeyring, shared_store: bool) -> Self {
         let derived = keyring.derive("subject-kek");
         let mut kek = Zeroizing::new([0u8; 32]);
         for (k, d) in kek.iter_mut().zip(derived.iter()) {
@@ -79,6 +84,7 @@ impl SubjectKeys {
             lookup_key: keyring.derive("subject-lookup"),
             cache: RwLock::new(HashMap::new()),
             by_ref: RwLock::new(HashMap::new()),
+            caching: !shared_store,
         }
     }
 
@@ -115,7 +121,9 @@ impl SubjectKeys {
             shred::unwrap_key(&self.kek, &subject_ref, &wrapped)
                 .map_err(|e| StoreError::Corrupt(format!("subject key: {e}")))?,
         );
-        remember(&self.cache, lookup, &secret);
+        if self.caching {
+            remember(&self.cache, lookup, &secret);
+        }
         Ok(secret)
     }
 
@@ -145,7 +153,9 @@ impl SubjectKeys {
             shred::unwrap_key(&self.kek, subject_ref, &wrapped)
                 .map_err(|e| StoreError::Corrupt(format!("subject key: {e}")))?,
         );
-        remember(&self.by_ref, subject_ref.to_owned(), &secret);
+        if self.caching {
+            remember(&self.by_ref, subject_ref.to_owned(), &secret);
+        }
         Ok(Some(secret))
     }
 

@@ -41,6 +41,11 @@ pub(crate) struct BenchArgs {
     /// Open-loop target rate in events/s (default: closed loop, as fast as answered).
     #[arg(long)]
     rate: Option<f64>,
+    /// Against a scale-out API node: `committed` (default there: each request waits until a
+    /// worker committed its events, so latency is commit latency) or `queued` (202 once Redis
+    /// holds them). Ignored by the embedded server, which always answers once durable.
+    #[arg(long, value_name = "MODE", default_value = "committed", value_parser = ["committed", "queued"])]
+    wait: String,
     /// Print the result as one JSON object as well.
     #[arg(long)]
     json: bool,
@@ -218,8 +223,13 @@ pub(crate) fn run(config: &ServerConfig, args: &BenchArgs) -> anyhow::Result<Exi
     }
     let key = crate::query::api_key(config, args.api_key.as_deref())?;
     let url = format!(
-        "{}/v1/events",
-        crate::query::base_url(config, args.url.as_deref())
+        "{}/v1/events{}",
+        crate::query::base_url(config, args.url.as_deref()),
+        if args.wait == "committed" {
+            "?wait=committed"
+        } else {
+            ""
+        }
     );
     let batch = args.batch as u64;
     let total_requests = args.events.div_ceil(batch);
@@ -303,7 +313,7 @@ pub(crate) fn run(config: &ServerConfig, args: &BenchArgs) -> anyhow::Result<Exi
                         Ok(response) => {
                             let status = response.status();
                             let _ = response.bytes().await;
-                            if status.as_u16() == 201 {
+                            if status.as_u16() == 201 || status.as_u16() == 202 {
                                 true
                             } else {
                                 shared.errors.add(status.as_u16().to_string());

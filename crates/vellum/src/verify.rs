@@ -28,21 +28,40 @@ pub(crate) struct VerifyArgs {
 
 pub(crate) fn run(config: &ServerConfig, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let dir = &config.data_dir;
-    if !dir.join(vellum_store::sqlite::LOG_FILE).exists() {
-        anyhow::bail!(
-            "no Vellum store in {} (expected {})",
-            dir.display(),
-            vellum_store::sqlite::LOG_FILE
-        );
-    }
-    let store: Arc<SqliteStore> = SqliteStore::open(
-        dir,
-        SqliteOptions {
-            run_indexer: false,
-            ..SqliteOptions::default()
-        },
-    )
-    .with_context(|| format!("opening the store in {}", dir.display()))?;
+    let mut sqlite_store = None;
+    let store: Arc<dyn AuditStore> = match &config.db_url {
+        // The PostgreSQL shapes: the store is the database; the data dir only may hold this
+        // node's checkpoint key.
+        Some(url) => Arc::new(
+            vellum_store::postgres::PgStore::connect(
+                url.as_str(),
+                vellum_store::postgres::PgOptions {
+                    schema: Some(config.db_schema.clone()),
+                    ..vellum_store::postgres::PgOptions::default()
+                },
+            )
+            .map_err(|e| anyhow::anyhow!("AUDIT_DB_URL: {e}"))?,
+        ),
+        None => {
+            if !dir.join(vellum_store::sqlite::LOG_FILE).exists() {
+                anyhow::bail!(
+                    "no Vellum store in {} (expected {})",
+                    dir.display(),
+                    vellum_store::sqlite::LOG_FILE
+                );
+            }
+            let sqlite: Arc<SqliteStore> = SqliteStore::open(
+                dir,
+                SqliteOptions {
+                    run_indexer: false,
+                    ..SqliteOptions::default()
+                },
+            )
+            .with_context(|| format!("opening the store in {}", dir.display()))?;
+            sqlite_store = Some(sqlite.clone());
+            sqlite
+        }
+    };
     let keyring = if args.no_signatures {
         None
     } else {
@@ -157,7 +176,9 @@ pub(crate) fn run(config: &ServerConfig, args: &VerifyArgs) -> anyhow::Result<Ex
             }
         );
     }
-    store.shutdown();
+    if let Some(sqlite) = sqlite_store {
+        sqlite.shutdown();
+    }
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
