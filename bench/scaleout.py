@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Scale-out benchmark for BENCHMARKS.md (issue 6), following ../shared/BENCHMARKING.md.
+
+Runs, alternately in one session (A B A B …), Vellum's scale-out shape — one API node
+(`vellum serve` with AUDIT_DB_URL and AUDIT_REDIS_URL) and W workers (`vellum worker`) — and
+the seed's stack (bench/bullmq: a BullMQ producer and W worker processes writing hashed,
+chained events to PostgreSQL). Same events (`vellum bench`'s generator, which
+bench/bullmq/gen-events.py reproduces byte for byte), same services, same durability: an event
+counts once its PostgreSQL transaction committed with synchronous_commit=on.
+
+Vellum is driven by `vellum bench --wait committed`: every request returns only after a worker
+committed its events, so events/s is committed throughput and the latency is enqueue→commit.
+The seed's producer gets `queue.add` answers before anything is stored, so its latency is
+measured from enqueue to the row's commit (bench/bullmq/run.js).
+
+Usage: python3 bench/scaleout.py [--runs 3] [--events 20000] [--workers 1 2] [--log org]
+Needs: cargo build --release; cd bench/bullmq && npm ci
+"""
+import argparse, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.environ.get("VELLUM_BIN") or os.path.join(
+    os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "release", "vellum")
+PG = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
+REDIS = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
+SECRET = "scaleout-benchmark-secret-0123456789abcdef"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def fsync_probe(seconds=5):
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "fsync-probe.py"), str(seconds),
+                          tempfile.gettempdir()], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def psql(db, sql):
+    subprocess.run(["psql", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", db, "-c", sql],
+                   check=True, capture_output=True)
+
+
+def wait_http(port, path="/healthz", limit=60):
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                if s.recv(12).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"nothing answered on port {port}")
+
+
+def cpu_seconds(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def vellum_run(workers, events, log, batch, concurrency):
+    """One measured run of the scale-out shape on a fresh database and queue."""
+    db = "bench_vellum"
+    psql("test", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+    psql("test", f"CREATE DATABASE {db}")
+    tmp = tempfile.mkdtemp(prefix="vellum-scaleout-")
+    queue = f"bench-{os.getpid()}-{int(time.time())}"
+    config = os.path.join(tmp, "vellum.toml")
+    with open(config, "w") as f:
+        f.write(f"queuePartitions = 16\nlogPerOrganization = {'true' if log == 'org' else 'false'}\n")
+    env = dict(os.environ, AUDIT_DB_URL=PG.rsplit("/", 1)[0] + "/" + db, AUDIT_REDIS_URL=REDIS,
+               AUDIT_QUEUE_NAME=queue, AUDIT_CRYPTO_SECRET=SECRET, VELLUM_LOG="warn")
+    procs = []
+    try:
+        for w in range(workers):
+            port = free_port()
+            procs.append(subprocess.Popen(
+                [BIN, "--config", config, "--data-dir", os.path.join(tmp, f"w{w}"), "worker",
+                 "--listen", f"127.0.0.1:{port}"],
+                env=dict(env, VELLUM_NODE_ID=f"w{w}"), stdout=subprocess.DEVNULL,
+                stderr=open(os.path.join(tmp, f"w{w}.log"), "w")))
+            wait_http(port)
+        api_port = free_port()
+        api_dir = os.path.join(tmp, "api")
+        procs.append(subprocess.Popen(
+            [BIN, "--config", config, "--data-dir", api_dir, "serve", "--listen", f"127.0.0.1:{api_port}"],
+            env=dict(env, VELLUM_NODE_ID="api"), stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(tmp, "api.log"), "w")))
+        wait_http(api_port)
+        # Every partition owned before measuring (workers take theirs within ~2 s).
+        time.sleep(3)
+        key = open(os.path.join(api_dir, "admin.key")).read().strip()
+        cpu_before = [cpu_seconds(p.pid) or 0 for p in procs]
+        t0 = time.time()
+        out = subprocess.run(
+            [BIN, "bench", "--url", f"http://127.0.0.1:{api_port}", "--api-key", key,
+             "--events", str(events), "--warmup", "0", "--batch", str(batch),
+             "--concurrency", str(concurrency), "--wait", "committed", "--json", "--quiet"],
+            env=env, capture_output=True, text=True)
+        wall = time.time() - t0
+        if out.returncode != 0:
+            raise SystemExit(f"vellum bench failed: {out.stderr}")
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        cpu = [(cpu_seconds(p.pid) or 0) - b for p, b in zip(procs, cpu_before)]
+        result["workerCpuSeconds"] = [round(c, 2) for c in cpu[:workers]]
+        result["apiCpuSeconds"] = round(cpu[-1], 2)
+        result["wallSeconds"] = round(wall, 2)
+        return result
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        subprocess.run(["redis-cli", "-u", REDIS, "--scan", "--pattern", f"{queue}*"],
+                       capture_output=True)
+        keys = subprocess.run(["redis-cli", "-u", REDIS, "--scan", "--pattern", f"{queue}*"],
+                              capture_output=True, text=True).stdout.split()
+        if keys:
+            subprocess.run(["redis-cli", "-u", REDIS, "DEL", *keys], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bullmq_run(workers, events_file, log):
+    out = subprocess.run(["node", os.path.join(ROOT, "bench", "bullmq", "run.js"), "--events", events_file,
+                          "--workers", str(workers), "--log", log],
+                         capture_output=True, text=True, cwd=os.path.join(ROOT, "bench", "bullmq"))
+    if out.returncode != 0:
+        raise SystemExit(f"bullmq run failed: {out.stderr[-2000:]}")
+    lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    return json.loads(lines[-1])
+
+
+def med(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    return f"{statistics.median(values):,.0f} ({min(values):,.0f}–{max(values):,.0f})"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--events", type=int, default=20000)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--log", choices=["org", "single"], default="org")
+    ap.add_argument("--batch", type=int, default=1, help="events per Vellum request (the seed adds one per call)")
+    ap.add_argument("--concurrency", type=int, default=64)
+    args = ap.parse_args()
+    events_file = os.path.join(tempfile.gettempdir(), f"scaleout-events-{args.events}.ndjson")
+    if not os.path.exists(events_file):
+        subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bullmq", "gen-events.py"), str(args.events),
+                        "--out", events_file, "--distinct", "1024"], check=True)
+    print(f"# fsync before: {fsync_probe()}", flush=True)
+    rows = {}
+    for workers in args.workers:
+        v_runs, b_runs = [], []
+        for i in range(args.runs):
+            v = vellum_run(workers, args.events, args.log, args.batch, args.concurrency)
+            print(json.dumps({"stack": "vellum", "workers": workers, "run": i + 1, **v}), flush=True)
+            b = bullmq_run(workers, events_file, args.log)
+            print(json.dumps({"stack": "bullmq", "workers": workers, "run": i + 1,
+                              "eventsPerSecond": b["eventsPerSecond"], "latencyMs": b["latencyMs"],
+                              "committed": b["committed"], "verify": b.get("verify", {}).get("ok")}), flush=True)
+            v_runs.append(v)
+            b_runs.append(b)
+        rows[workers] = (v_runs, b_runs)
+    print(f"# fsync after: {fsync_probe()}")
+    print(f"\n| workers | Vellum events/s | seed stack events/s | ratio per pair | Vellum p50 / p99 ms | seed p50 / p99 ms |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for workers, (v_runs, b_runs) in rows.items():
+        ratios = [v["eventsPerSecond"] / b["eventsPerSecond"] for v, b in zip(v_runs, b_runs) if b["eventsPerSecond"]]
+        v_lat = f"{med([v['latencyMs']['p50'] for v in v_runs])} / {med([v['latencyMs']['p99'] for v in v_runs])}"
+        b_lat = f"{med([b['latencyMs']['p50'] for b in b_runs])} / {med([b['latencyMs']['p99'] for b in b_runs])}"
+        print(f"| {workers} | {med([v['eventsPerSecond'] for v in v_runs])} | {med([b['eventsPerSecond'] for b in b_runs])} "
+              f"| {', '.join(f'{r:.1f}×' for r in ratios)} | {v_lat} | {b_lat} |")
+
+
+if __name__ == "__main__":
+    main()
