@@ -431,6 +431,7 @@ impl Inner {
     async fn append_on(
         &self,
         client: &mut tokio_postgres::Client,
+        statements: Option<&StatementCache>,
         batch: &AppendBatch,
     ) -> Result<(), StoreError> {
         if batch.events.is_empty()
@@ -529,11 +530,12 @@ impl Inner {
         let tx = client.transaction().await.map_err(pg_err)?;
         // The statements are sent together (pipelined) and run in order; the first failure
         // aborts the transaction, and dropping it uncommitted rolls everything back.
-        let events = async {
-            if batch.events.is_empty() {
-                return Ok(());
-            }
-            tx.query_typed(
+        let events =
+            async {
+                if batch.events.is_empty() {
+                    return Ok(());
+                }
+                execute_cached(&tx, statements,
                 "WITH ins AS (
                      INSERT INTO events (log_id, seq, id, hash, signature, canonical)
                      SELECT r.log_id, r.seq, r.id, r.hash, r.signature, r.canonical
@@ -602,12 +604,14 @@ impl Inner {
                     pg_err(e)
                 }
             })
-        };
+            };
         let receipts = async {
             if receipt_keys.is_empty() {
                 return Ok(());
             }
-            tx.query_typed(
+            execute_cached(
+                &tx,
+                statements,
                 "INSERT INTO idempotency (key_hash, key, created, receipt)
                  SELECT * FROM unnest($1::bytea[], $2::text[], $3::int8[], $4::text[])
                  ON CONFLICT (key_hash) DO UPDATE
@@ -627,7 +631,9 @@ impl Inner {
             if tile_logs.is_empty() {
                 return Ok(());
             }
-            tx.query_typed(
+            execute_cached(
+                &tx,
+                statements,
                 "INSERT INTO merkle_tiles (log_id, level, idx, hashes)
                  SELECT * FROM unnest($1::text[], $2::int2[], $3::int8[], $4::bytea[])
                  ON CONFLICT (log_id, level, idx) DO UPDATE SET hashes = EXCLUDED.hashes",
@@ -646,7 +652,9 @@ impl Inner {
             if cp_logs.is_empty() {
                 return Ok(());
             }
-            tx.query_typed(
+            execute_cached(
+                &tx,
+                statements,
                 "INSERT INTO checkpoints (log_id, tree_size, root_hash, timestamp, key_id,
                      signature, note)
                  SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[], $4::text[],
@@ -677,6 +685,41 @@ impl Inner {
         tx.commit().await.map_err(pg_err)?;
         Ok(())
     }
+}
+
+/// Statements prepared on one connection, by their SQL text.
+#[derive(Default)]
+struct StatementCache {
+    prepared: parking_lot::Mutex<HashMap<&'static str, tokio_postgres::Statement>>,
+}
+
+/// Runs `sql` in `tx`: as a statement prepared once per connection when `cache` is given, else
+/// as an unnamed statement (parsed and planned each time).
+async fn execute_cached(
+    tx: &tokio_postgres::Transaction<'_>,
+    cache: Option<&StatementCache>,
+    sql: &'static str,
+    params: &[(&(dyn tokio_postgres::types::ToSql + Sync), Type)],
+) -> Result<u64, tokio_postgres::Error> {
+    let Some(cache) = cache else {
+        return tx
+            .query_typed(sql, params)
+            .await
+            .map(|rows| rows.len() as u64);
+    };
+    let known = cache.prepared.lock().get(sql).cloned();
+    let statement = match known {
+        Some(statement) => statement,
+        None => {
+            let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+            let statement = tx.prepare_typed(sql, &types).await?;
+            cache.prepared.lock().insert(sql, statement.clone());
+            statement
+        }
+    };
+    let values: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        params.iter().map(|(v, _)| *v).collect();
+    tx.execute(&statement, &values).await
 }
 
 impl PgStore {
@@ -838,6 +881,7 @@ impl PgStore {
             task: parking_lot::Mutex::new(Some(d.task)),
             closed: d.closed,
             keys: lock_keys.to_vec(),
+            statements: StatementCache::default(),
         }))
     }
 }
@@ -855,7 +899,7 @@ impl AuditStore for PgStore {
         let inner = &self.inner;
         self.block_on(async {
             let mut client = inner.client().await?;
-            inner.append_on(&mut client, batch).await
+            inner.append_on(&mut client, None, batch).await
         })
     }
 
@@ -874,11 +918,16 @@ impl AuditStore for PgStore {
             .collect();
         let found: HashMap<String, String> = self.block_on(async {
             let client = inner.client().await?;
-            let rows = client
-                .query_typed(
+            // Every group commit asks: prepared once per pooled connection.
+            let statement = client
+                .prepare_typed_cached(
                     "SELECT key, receipt FROM idempotency WHERE key_hash = ANY($1) AND created >= $2",
-                    &[(&hashes, Type::BYTEA_ARRAY), (&not_before_micros, Type::INT8)],
+                    &[Type::BYTEA_ARRAY, Type::INT8],
                 )
+                .await
+                .map_err(pg_err)?;
+            let rows = client
+                .query(&statement, &[&hashes, &not_before_micros])
                 .await
                 .map_err(pg_err)?;
             rows.iter()
@@ -1635,6 +1684,10 @@ pub struct PgLease {
     task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
     closed: Arc<AtomicBool>,
     keys: Vec<i64>,
+    /// The append statements, prepared once on the lease's connection: planning the
+    /// events-and-index insert costs about half a millisecond, which small group commits
+    /// otherwise pay every time.
+    statements: StatementCache,
 }
 
 impl std::fmt::Debug for PgLease {
@@ -1717,7 +1770,9 @@ impl AuditStore for PgLease {
         self.store.block_on(async {
             let mut guard = self.client.lock().await;
             match guard.as_mut() {
-                Some(client) if !client.is_closed() => inner.append_on(client, batch).await,
+                Some(client) if !client.is_closed() => {
+                    inner.append_on(client, Some(&self.statements), batch).await
+                }
                 _ => Err(Self::lost()),
             }
         })
