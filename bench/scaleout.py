@@ -13,7 +13,8 @@ committed its events, so events/s is committed throughput and the latency is enq
 The seed's producer gets `queue.add` answers before anything is stored, so its latency is
 measured from enqueue to the row's commit (bench/bullmq/run.js).
 
-Usage: python3 bench/scaleout.py [--runs 3] [--events 20000] [--workers 1 2] [--log org]
+Usage: python3 bench/scaleout.py [--runs 3] [--events 20000] [--workers 1 2] [--log org|single]
+       [--batch 1|100] [--wait queued|committed] [--rate EVENTS_PER_S]
 Needs: cargo build --release; cd bench/bullmq && npm ci
 """
 import argparse, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time
@@ -90,7 +91,7 @@ def count_events(db):
         return 0
 
 
-def vellum_run(workers, events, log, batch, concurrency, wait="queued"):
+def vellum_run(workers, events, log, batch, concurrency, wait="queued", rate=None):
     """One measured run of the scale-out shape on a fresh database and queue."""
     db = "bench_vellum"
     psql("test", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
@@ -129,7 +130,8 @@ def vellum_run(workers, events, log, batch, concurrency, wait="queued"):
         out = subprocess.run(
             [BIN, "bench", "--url", f"http://127.0.0.1:{api_port}", "--api-key", key,
              "--events", str(events), "--warmup", "0", "--batch", str(batch),
-             "--concurrency", str(concurrency), "--wait", wait, "--json", "--quiet"],
+             "--concurrency", str(concurrency), "--wait", wait, "--json", "--quiet",
+             *(["--rate", str(rate)] if rate else [])],
             env=env, capture_output=True, text=True)
         if out.returncode != 0:
             raise SystemExit(f"vellum bench failed: {out.stderr}")
@@ -172,9 +174,10 @@ def vellum_run(workers, events, log, batch, concurrency, wait="queued"):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def bullmq_run(workers, events_file, log):
+def bullmq_run(workers, events_file, log, bulk=1, rate=None):
+    extra = (["--bulk", str(bulk)] if bulk > 1 else []) + (["--rate", str(rate)] if rate else [])
     out = subprocess.run(["node", os.path.join(ROOT, "bench", "bullmq", "run.js"), "--events", events_file,
-                          "--workers", str(workers), "--log", log],
+                          "--workers", str(workers), "--log", log, *extra],
                          capture_output=True, text=True, cwd=os.path.join(ROOT, "bench", "bullmq"))
     if out.returncode != 0:
         raise SystemExit(f"bullmq run failed: {out.stderr[-2000:]}")
@@ -197,6 +200,7 @@ def main():
     ap.add_argument("--log", choices=["org", "single"], default="org")
     ap.add_argument("--batch", type=int, default=1, help="events per Vellum request (the seed adds one per call)")
     ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--rate", type=float, help="open loop at this many events/s (for latency at a sustainable load)")
     ap.add_argument("--wait", choices=["queued", "committed"], default="queued",
                     help="queued: 202 on enqueue like queue.add, throughput = first enqueue to last commit "
                          "(the seed harness's measure); committed: every request waits for its commit")
@@ -210,9 +214,10 @@ def main():
     for workers in args.workers:
         v_runs, b_runs = [], []
         for i in range(args.runs):
-            v = vellum_run(workers, args.events, args.log, args.batch, args.concurrency, args.wait)
+            v = vellum_run(workers, args.events, args.log, args.batch, args.concurrency, args.wait, args.rate)
             print(json.dumps({"stack": "vellum", "workers": workers, "run": i + 1, **v}), flush=True)
-            b = bullmq_run(workers, events_file, args.log)
+            # With --batch N, the seed's producer enqueues N jobs per call too (addBulk).
+            b = bullmq_run(workers, events_file, args.log, args.batch, args.rate)
             print(json.dumps({"stack": "bullmq", "workers": workers, "run": i + 1,
                               "eventsPerSecond": b["eventsPerSecond"], "latencyMs": b["latencyMs"],
                               "committed": b["committed"], "verify": b.get("verify", {}).get("ok")}), flush=True)
