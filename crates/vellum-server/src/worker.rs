@@ -141,24 +141,27 @@ pub async fn run(
                 released_at.insert(p, Instant::now());
             }
         }
+        // One look at which partitions nobody holds (pg_locks), instead of a session per probe.
+        let free = match free_partitions(&ctx.store, partitions).await {
+            Ok(free) => free,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot see the partitions' locks (PostgreSQL down?)");
+                continue;
+            }
+        };
         for i in 0..partitions {
             let p = (offset + i) % partitions;
-            if owned.contains_key(&p) {
+            if owned.contains_key(&p) || !free.contains(&p) {
                 seen_free.remove(&p);
                 continue;
             }
             let within_share = owned.len() < share;
-            let rounds = seen_free.get(&p).copied().unwrap_or(0);
+            let rounds = seen_free.get(&p).copied().unwrap_or(0) + 1;
+            seen_free.insert(p, rounds);
             let recently_released = released_at
                 .get(&p)
                 .is_some_and(|at| at.elapsed() < Duration::from_secs(5));
             if !within_share && (rounds < 2 || recently_released) {
-                // Only probe (is it free?) without keeping it.
-                if partition_is_free(&ctx.store, p).await {
-                    seen_free.insert(p, rounds + 1);
-                } else {
-                    seen_free.remove(&p);
-                }
                 continue;
             }
             match take_partition(&ctx, p).await {
@@ -259,20 +262,19 @@ async fn serve_health(
     }))
 }
 
-/// Whether no worker holds partition `p` (takes and immediately releases its lock).
-async fn partition_is_free(store: &Arc<PgStore>, p: u32) -> bool {
+/// The partitions whose lock no session holds now.
+async fn free_partitions(
+    store: &Arc<PgStore>,
+    partitions: u32,
+) -> Result<std::collections::HashSet<u32>, vellum_store::StoreError> {
     let store = store.clone();
-    tokio::task::spawn_blocking(
-        move || match store.writer_lease(&[lock_key_for_partition(p)]) {
-            Ok(Some(lease)) => {
-                lease.release();
-                true
-            }
-            _ => false,
-        },
-    )
-    .await
-    .unwrap_or(false)
+    let keys: Vec<i64> = (0..partitions).map(lock_key_for_partition).collect();
+    let free = tokio::task::spawn_blocking(move || store.free_lock_keys(&keys))
+        .await
+        .map_err(|e| vellum_store::StoreError::Unavailable(e.to_string()))??;
+    Ok((0..partitions)
+        .filter(|p| free.contains(&lock_key_for_partition(*p)))
+        .collect())
 }
 
 /// Takes partition `p` if no one holds it: its lock, its writer, its consumer task.

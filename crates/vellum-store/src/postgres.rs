@@ -848,6 +848,35 @@ impl PgStore {
         })
     }
 
+    /// Which of `lock_keys` no session of this database holds right now, in one query over
+    /// `pg_locks`: how a worker sees free partitions every second without opening a session
+    /// per probe. A key can be taken between this answer and a [`PgStore::writer_lease`];
+    /// the lease is what decides.
+    pub fn free_lock_keys(&self, lock_keys: &[i64]) -> Result<Vec<i64>, StoreError> {
+        let inner = &self.inner;
+        let keys = lock_keys.to_vec();
+        self.block_on(async {
+            let client = inner.client().await?;
+            let rows = client
+                .query_typed(
+                    "SELECT k FROM unnest($1::int8[]) AS k
+                     WHERE NOT EXISTS (
+                         SELECT 1 FROM pg_locks l
+                         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+                           AND l.database = (SELECT oid FROM pg_database
+                                             WHERE datname = current_database())
+                           AND ((l.classid::int8 << 32) | l.objid::int8) = k)
+                     ORDER BY k",
+                    &[(&keys, Type::INT8_ARRAY)],
+                )
+                .await
+                .map_err(pg_err)?;
+            rows.iter()
+                .map(|r| r.try_get::<_, i64>(0).map_err(pg_err))
+                .collect()
+        })
+    }
+
     /// Takes the writer lease for `lock_keys` (see [`lock_key_for_partition`]): a dedicated
     /// connection holding a session advisory lock on every key, all or nothing. `Ok(None)`
     /// when another session holds any of them (what it took is released). The lease's

@@ -578,8 +578,17 @@ fn writer_lease_is_exclusive_and_fenced() {
         "Vellum's namespace in the high bits"
     );
 
+    assert_eq!(
+        store.free_lock_keys(&keys).unwrap().len(),
+        2,
+        "nobody holds them yet"
+    );
     let first = lease(&store, &keys);
     assert!(first.is_held());
+    assert!(
+        store.free_lock_keys(&keys).unwrap().is_empty(),
+        "pg_locks shows both held"
+    );
     assert!(store.writer_lease(&keys).unwrap().is_none(), "same keys");
     assert!(
         store.writer_lease(&keys[1..]).unwrap().is_none(),
@@ -590,6 +599,11 @@ fn writer_lease_is_exclusive_and_fenced() {
     assert!(store.writer_lease(&[other[0], keys[0]]).unwrap().is_none());
     let o = lease(&store, &other);
     o.release();
+    assert_eq!(
+        store.free_lock_keys(&other).unwrap(),
+        other,
+        "free again once released"
+    );
 
     // The lease appends and reads heads on its own session; other methods use the pool.
     let mut chain = Chain::new("default");
