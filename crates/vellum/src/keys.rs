@@ -52,25 +52,70 @@ enum KeysCommand {
     RotateHmac,
 }
 
-fn open(config: &ServerConfig) -> anyhow::Result<Arc<SqliteStore>> {
+/// The store keys live in: the data directory's SQLite log, or PostgreSQL (`AUDIT_DB_URL`).
+struct KeyStore {
+    store: Arc<dyn AuditStore>,
+    sqlite: Option<Arc<SqliteStore>>,
+}
+
+impl std::ops::Deref for KeyStore {
+    type Target = dyn AuditStore;
+    fn deref(&self) -> &Self::Target {
+        self.store.as_ref()
+    }
+}
+
+impl KeyStore {
+    fn shutdown(&self) {
+        if let Some(sqlite) = &self.sqlite {
+            sqlite.shutdown();
+        }
+    }
+}
+
+fn open(config: &ServerConfig) -> anyhow::Result<KeyStore> {
+    if let Some(url) = &config.db_url {
+        let store = vellum_store::postgres::PgStore::connect(
+            url.as_str(),
+            vellum_store::postgres::PgOptions {
+                schema: Some(config.db_schema.clone()),
+                ..vellum_store::postgres::PgOptions::default()
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("AUDIT_DB_URL: {e}"))?;
+        return Ok(KeyStore {
+            store: Arc::new(store),
+            sqlite: None,
+        });
+    }
     if !config.data_dir.join("vellum.db").exists() {
         bail!(
             "no store in {} (start `vellum serve` once, or pass --data-dir)",
             config.data_dir.display()
         );
     }
-    SqliteStore::open(
+    let sqlite = SqliteStore::open(
         &config.data_dir,
         SqliteOptions {
             run_indexer: false,
             ..SqliteOptions::default()
         },
     )
-    .with_context(|| format!("opening the store in {}", config.data_dir.display()))
+    .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    Ok(KeyStore {
+        store: sqlite.clone(),
+        sqlite: Some(sqlite),
+    })
 }
 
 /// Appends the queued audit events now if no server runs on the data dir.
 fn settle(config: &ServerConfig) -> anyhow::Result<()> {
+    if config.db_url.is_some() {
+        // PostgreSQL: the change and its audit event committed together; the serving nodes
+        // move the event into the log (every second), like any outbox entry.
+        eprintln!("(the Vellum servers on this database record the change in the log)");
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -150,6 +195,11 @@ pub(crate) fn run(config: &ServerConfig, args: &KeysArgs) -> anyhow::Result<Exit
             Ok(ExitCode::SUCCESS)
         }
         KeysCommand::RotateHmac => {
+            if config.db_url.is_some() {
+                bail!(
+                    "with AUDIT_DB_URL every node takes its HMAC keys from AUDIT_CRYPTO_KEYS (or AUDIT_CRYPTO_SECRET): rotate by appending `newId=newSecret` to AUDIT_CRYPTO_KEYS on every API node and worker, keeping every older key"
+                );
+            }
             if config.crypto_keys.is_some() {
                 bail!(
                     "HMAC keys come from AUDIT_CRYPTO_KEYS here; rotate by appending `newId=newSecret` to it (the last key signs), keeping every older key"

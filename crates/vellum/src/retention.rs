@@ -29,6 +29,11 @@ enum RetentionCommand {
 /// Runs `vellum retention …`.
 pub(crate) fn run(config: &ServerConfig, args: &RetentionArgs) -> anyhow::Result<ExitCode> {
     let RetentionCommand::Apply { dry_run, json } = &args.command;
+    if config.db_url.is_some() {
+        bail!(
+            "with AUDIT_DB_URL the purge runs on a server: POST /v1/retention/apply (admin key) on any API node, or let its schedule (retentionIntervalHours) do it"
+        );
+    }
     if !config.data_dir.join("vellum.db").exists() {
         bail!("no store in {}", config.data_dir.display());
     }

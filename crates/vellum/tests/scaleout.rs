@@ -699,7 +699,7 @@ fn redis_and_postgres_crash_and_restart_mid_stream_lose_nothing() {
 }
 
 #[test]
-fn a_poison_message_goes_to_the_dead_letter_stream_and_the_cli_handles_it() {
+fn poison_messages_are_dead_lettered_and_the_cli_works_on_postgres() {
     let Some((pg, redis)) = services() else {
         return;
     };
@@ -764,6 +764,57 @@ fn a_poison_message_goes_to_the_dead_letter_stream_and_the_cli_handles_it() {
     assert_eq!(common::text(&listed.stdout).lines().count(), 0);
     let refused = dlq(&["retry"]);
     assert!(!refused.status.success());
+
+    // The key commands work on PostgreSQL too: the key is usable at once, and its creation
+    // reaches the log through the servers' outbox.
+    let cli = |args: &[&str]| {
+        let mut cmd = env.command("cli", &redis);
+        cmd.args(args);
+        common::run(cmd, common::CLI_LIMIT)
+    };
+    let created = cli(&["keys", "create", "--role", "reader", "--json"]);
+    assert!(
+        created.status.success(),
+        "{}",
+        common::text(&created.stderr)
+    );
+    let created: Value = serde_json::from_slice(&created.stdout).expect("key JSON");
+    let reader = created["key"].as_str().expect("key").to_owned();
+    let key_id = created["id"].as_str().expect("id").to_owned();
+    let listed = cli(&["keys", "list", "--json"]);
+    assert!(common::text(&listed.stdout).contains(&key_id));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found: Value = rt.block_on(async {
+            common::client()
+                .get(format!("{}/v1/events?action=apikey.create", api.url()))
+                .bearer_auth(&reader)
+                .send()
+                .await
+                .expect("search")
+                .json()
+                .await
+                .expect("json")
+        });
+        if found["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e.to_string().contains(&key_id)))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the key's creation never reached the log: {found}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // What needs the data directory's own files is refused with the way to do it instead.
+    let rotate = cli(&["keys", "rotate-hmac"]);
+    assert!(!rotate.status.success());
+    assert!(common::text(&rotate.stderr).contains("AUDIT_CRYPTO_KEYS"));
+    let purge = cli(&["retention", "apply", "--dry-run"]);
+    assert!(!purge.status.success());
+    assert!(common::text(&purge.stderr).contains("/v1/retention/apply"));
     drop((api, worker));
     rt.block_on(env.drop_database());
 }
