@@ -182,7 +182,8 @@ impl Authenticator {
         let record = self
             .store
             .find_api_key(hash)
-            .map_err(|e| ApiError::internal(&e))?
+            // An unreachable store is 503 with Retry-After (the client retries), not a 500.
+            .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::unauthorized("unknown API key"))?;
         let principal = principal_of(&record, hash)?;
         let mut cache = self.cache.write();

@@ -153,6 +153,10 @@ struct Inner {
     options: PgOptions,
     /// The URL with its password replaced, for messages.
     target: String,
+    /// Opens after consecutive failures to get a connection, so that while PostgreSQL is
+    /// unreachable every caller fails at once (HTTP 503 with `Retry-After`) instead of each
+    /// waiting out a connect timeout; one probe at a time closes it again.
+    breaker: parking_lot::Mutex<vellum_core::breaker::CircuitBreaker>,
 }
 
 impl Drop for Inner {
@@ -346,7 +350,35 @@ struct Dedicated {
 
 impl Inner {
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(pool_err)
+        let now = std::time::Instant::now();
+        if !self.breaker.lock().allow(now) {
+            let wait = self
+                .breaker
+                .lock()
+                .retry_after(now)
+                .unwrap_or(Duration::from_secs(1));
+            return Err(StoreError::Unavailable(format!(
+                "PostgreSQL is unreachable (circuit open; next attempt in {} ms)",
+                wait.as_millis()
+            )));
+        }
+        let got = self.pool.get().await;
+        let mut breaker = self.breaker.lock();
+        match got {
+            Ok(client) => {
+                breaker.on_success(std::time::Instant::now());
+                Ok(client)
+            }
+            Err(e) => {
+                let e = pool_err(e);
+                if matches!(e, StoreError::Unavailable(_)) {
+                    breaker.on_failure(std::time::Instant::now());
+                } else {
+                    breaker.on_success(std::time::Instant::now());
+                }
+                Err(e)
+            }
+        }
     }
 
     /// A connection outside the pool (writer leases: their session *is* the lock).
@@ -796,6 +828,10 @@ impl PgStore {
                 partitions: parking_lot::Mutex::new(HashSet::new()),
                 options,
                 target: url::redact(url),
+                breaker: parking_lot::Mutex::new(vellum_core::breaker::CircuitBreaker::new(
+                    3,
+                    Duration::from_secs(2),
+                )),
             }),
         };
         let inner = &store.inner;

@@ -661,7 +661,34 @@ fn redis_and_postgres_crash_and_restart_mid_stream_lose_nothing() {
     // partitions and go on, without loss or duplicate.
     let before = load_state.acked.lock().unwrap().len();
     postgres.crash();
-    std::thread::sleep(Duration::from_secs(2));
+    // While it is down, what needs it fails fast: after a few refused connections the store's
+    // circuit opens (503 + Retry-After naming it) instead of every request trying again.
+    // An unknown key must be looked up in the store, so it shows the store's state.
+    rt.block_on(async {
+        let client = common::client();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let response = client
+                .get(format!("{}/v1/events?limit=1", api.url()))
+                .bearer_auth("vk_not_a_key_of_this_server_000000000000")
+                .send()
+                .await
+                .expect("the API node answers while PostgreSQL is down");
+            let status = response.status().as_u16();
+            let retry_after = response.headers().contains_key("retry-after");
+            let body = response.text().await.unwrap_or_default();
+            if status == 503 && body.contains("circuit open") {
+                assert!(retry_after, "{body}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the store's circuit never opened (last {status}: {body})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    std::thread::sleep(Duration::from_secs(1));
     postgres.start_server();
     // Crash recovery takes a while on a busy machine: wait (bounded) for the load to be
     // acknowledged again, then a little longer.
