@@ -320,6 +320,23 @@ async fn every_flow_works_over_the_scale_out_shape() {
     assert_eq!(status, StatusCode::CREATED, "{cp}");
     assert!(cp["treeSize"].as_u64().expect("treeSize") >= 12, "{cp}");
 
+    // `?wait=checkpoint`: the worker signs a checkpoint in the same commit; the receipt
+    // comes with its inclusion proof.
+    let (status, with_proof) = call(
+        &client,
+        &u2,
+        &key,
+        Method::POST,
+        "/v1/events?wait=checkpoint",
+        Some(&event(90)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{with_proof}");
+    assert!(
+        with_proof["proof"]["checkpoint"].is_object(),
+        "{with_proof}"
+    );
+
     // Every export format.
     for format in ["ndjson", "json", "csv", "fhir", "pdf", "bundle"] {
         let response = client
