@@ -116,10 +116,10 @@ pub struct WriterConfig {
     pub log_per_organization: bool,
     /// Longest time between events arriving and a checkpoint covering them.
     pub checkpoint_interval: Duration,
-    /// `(partition, partitions)` when this writer owns only the logs of one queue partition
-    /// (scale-out worker): it loads, checkpoints and accepts only those logs, so it never
+    /// `(owned partitions, partitions)` when this writer owns only the logs of some queue
+    /// partitions (scale-out worker): it loads and checkpoints only those logs, so it never
     /// touches a log another worker writes. `None`: every log.
-    pub partition: Option<(u32, u32)>,
+    pub partition: Option<(Arc<std::collections::BTreeSet<u32>>, u32)>,
 }
 
 /// The queue partition a log belongs to, out of `partitions` ([`vellum_queue::partition_of`]):
@@ -282,7 +282,7 @@ impl Writer {
         signer: Arc<CheckpointSigner>,
         config: WriterConfig,
     ) -> Result<(Self, IngestHandle), StoreError> {
-        let heads = load_heads(store.as_ref(), config.partition)?;
+        let heads = load_heads(store.as_ref(), config.partition.as_ref())?;
         let (tx, rx) = crossbeam_channel::unbounded::<Request>();
         let queued = Arc::new(AtomicUsize::new(0));
         let alive = Arc::new(AtomicBool::new(true));
@@ -355,11 +355,11 @@ impl Head {
 /// its tiles is damage, and the writer refuses to start rather than extend a broken tree.
 fn load_heads(
     store: &dyn AuditStore,
-    partition: Option<(u32, u32)>,
+    partition: Option<&(Arc<std::collections::BTreeSet<u32>>, u32)>,
 ) -> Result<HashMap<String, Head>, StoreError> {
     let mut heads = HashMap::new();
     for h in store.log_heads()? {
-        if partition.is_some_and(|(p, of)| partition_of(&h.log_id, of) != p) {
+        if partition.is_some_and(|(owned, of)| !owned.contains(&partition_of(&h.log_id, *of))) {
             continue;
         }
         let log = h.log_id.clone();
@@ -573,7 +573,7 @@ impl WriterState {
             Err(e) => {
                 tracing::error!(error = %e, events, "group commit failed; nothing in it was acknowledged");
                 metrics::counter!("vellum_commit_failures_total").increment(1);
-                match load_heads(self.store.as_ref(), self.config.partition) {
+                match load_heads(self.store.as_ref(), self.config.partition.as_ref()) {
                     Ok(heads) => self.heads = heads,
                     Err(reload) => {
                         tracing::error!(error = %reload, "cannot reload log heads after a failed commit")

@@ -6,10 +6,13 @@
 //! same connection. That is the fence: if the session dies, PostgreSQL drops the lock *and*
 //! the writer's next commit fails, so two workers can never both append to a log.
 //!
-//! For each partition it owns, a worker runs the same group-commit writer as the embedded
-//! server ([`crate::ingest::Writer`], restricted to the partition's logs) and a consumer that
-//! reads the partition's two Redis streams (high lane first), commits a batch, publishes each
-//! receipt to the API node that waits for it, and only then `XACK`s. A failed commit acks
+//! A worker holds all its partitions' locks on one lease and runs one group-commit writer on
+//! it — the embedded server's ([`crate::ingest::Writer`]), restricted to those partitions'
+//! logs — fed by one consumer per partition that reads the partition's two Redis streams (high
+//! lane first), commits a batch, publishes each receipt to the API node that waits for it, and
+//! only then `XACK`s. What the consumers read meanwhile goes into the same commit, so commits
+//! stay large however many logs there are. A change of the set (a worker joins or dies)
+//! drains the writer, releases the lease and takes the new set whole. A failed commit acks
 //! nothing: the messages stay pending and are read again, first, after a back-off. On taking
 //! a partition, the worker claims (`XAUTOCLAIM`) what the previous owner left pending; the
 //! idempotency keys every message carries make a redelivered message a replay, not a second
@@ -23,7 +26,7 @@
 use crate::ingest::{IngestHandle, Receipt, Writer, WriterConfig, log_for, partition_of};
 use crate::scaleout::{CommitNotice, QueueMessage};
 use crate::{ServerConfig, ServerError};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -45,10 +48,22 @@ struct WorkerContext {
     bus: ReceiptBus,
 }
 
-/// A partition this worker owns.
-struct Owned {
-    stop: watch::Sender<bool>,
+/// The partitions this worker owns: one lease (one PostgreSQL session holding their locks),
+/// one group-commit writer on it, and one consumer per partition feeding that writer, so
+/// that a commit takes what every partition's consumer read meanwhile.
+struct Assignment {
+    partitions: Arc<BTreeSet<u32>>,
+    stop: Arc<watch::Sender<bool>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl Assignment {
+    /// Stops the consumers (each after its current batch), drains the writer, releases the
+    /// lease.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
 }
 
 /// Runs a worker until `stop` fires: takes its share of partitions, writes them, hands them
@@ -102,7 +117,7 @@ pub async fn run(
     };
     tracing::info!(node = %node, partitions = queue.partitions, "vellum worker started");
     let partitions = queue.partitions.max(1);
-    let mut owned: BTreeMap<u32, Owned> = BTreeMap::new();
+    let mut current: Option<Assignment> = None;
     let mut seen_free: HashMap<u32, u32> = HashMap::new();
     let mut released_at: HashMap<u32, Instant> = HashMap::new();
     // Start scanning at a node-specific offset so that workers starting together spread.
@@ -116,31 +131,21 @@ pub async fn run(
         if *stop.borrow() {
             break;
         }
-        owned.retain(|p, o| {
-            let running = !o.task.is_finished();
-            if !running {
-                tracing::warn!(partition = p, "partition task ended; it is free again");
-            }
-            running
-        });
+        if current.as_ref().is_some_and(|a| a.task.is_finished()) {
+            tracing::warn!("the partitions' writer ended (lock lost?); they are free again");
+            current = None;
+        }
         let live = membership.heartbeat().await.unwrap_or(1).max(1);
         let share = partitions.div_ceil(live) as usize;
+        let owned: BTreeSet<u32> = current
+            .as_ref()
+            .map(|a| (*a.partitions).clone())
+            .unwrap_or_default();
         metrics::gauge!("vellum_worker_partitions_owned").set(owned.len() as f64);
         health
             .owned
             .store(owned.len(), std::sync::atomic::Ordering::Relaxed);
         metrics::gauge!("vellum_workers_live").set(f64::from(live));
-        while owned.len() > share {
-            let Some((&p, _)) = owned.iter().next_back() else {
-                break;
-            };
-            if let Some(o) = owned.remove(&p) {
-                tracing::info!(partition = p, share, "handing a partition over");
-                let _ = o.stop.send(true);
-                let _ = o.task.await;
-                released_at.insert(p, Instant::now());
-            }
-        }
         // One look at which partitions nobody holds (pg_locks), instead of a session per probe.
         let free = match free_partitions(&ctx.store, partitions).await {
             Ok(free) => free,
@@ -149,44 +154,60 @@ pub async fn run(
                 continue;
             }
         };
+        let mut desired = owned.clone();
+        while desired.len() > share {
+            let Some(&p) = desired.iter().next_back() else {
+                break;
+            };
+            desired.remove(&p);
+            released_at.insert(p, Instant::now());
+        }
         for i in 0..partitions {
             let p = (offset + i) % partitions;
-            if owned.contains_key(&p) || !free.contains(&p) {
+            if desired.contains(&p) || !free.contains(&p) {
                 seen_free.remove(&p);
                 continue;
             }
-            let within_share = owned.len() < share;
+            let within_share = desired.len() < share;
             let rounds = seen_free.get(&p).copied().unwrap_or(0) + 1;
             seen_free.insert(p, rounds);
             let recently_released = released_at
                 .get(&p)
                 .is_some_and(|at| at.elapsed() < Duration::from_secs(5));
-            if !within_share && (rounds < 2 || recently_released) {
-                continue;
+            if within_share || (rounds >= 2 && !recently_released) {
+                desired.insert(p);
             }
-            match take_partition(&ctx, p).await {
-                Ok(Some(o)) => {
-                    tracing::info!(partition = p, "took a partition");
-                    owned.insert(p, o);
-                    seen_free.remove(&p);
+        }
+        if desired == owned {
+            continue;
+        }
+        // One writer and one lease cover all of this worker's partitions, so that a change of
+        // the set hands the old one back (the writer drains) and takes the new one whole.
+        if let Some(old) = current.take() {
+            tracing::info!(from = ?owned, to = ?desired, share, "changing partitions");
+            old.stop().await;
+        }
+        if desired.is_empty() {
+            continue;
+        }
+        match take_partitions(&ctx, &desired).await {
+            Ok(Some(assignment)) => {
+                tracing::info!(partitions = ?desired, "took partitions");
+                for p in &desired {
+                    seen_free.remove(p);
                 }
-                Ok(None) => {
-                    seen_free.remove(&p);
-                }
-                Err(e) => {
-                    tracing::warn!(partition = p, error = %e, "cannot take a partition (PostgreSQL down?)");
-                    break;
-                }
+                current = Some(assignment);
+            }
+            // Someone took one of them meanwhile: look again next round.
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take partitions (PostgreSQL down?)");
             }
         }
     }
-    tracing::info!(
-        partitions = owned.len(),
-        "worker stopping: handing every partition back"
-    );
-    for (_, o) in std::mem::take(&mut owned) {
-        let _ = o.stop.send(true);
-        let _ = o.task.await;
+    tracing::info!("worker stopping: handing every partition back");
+    if let Some(old) = current.take() {
+        old.stop().await;
     }
     let _ = membership.leave().await;
     if let Some(http) = http {
@@ -277,22 +298,27 @@ async fn free_partitions(
         .collect())
 }
 
-/// Takes partition `p` if no one holds it: its lock, its writer, its consumer task.
-async fn take_partition(
+/// Takes `partitions` if no one holds any of them: their locks (all or nothing), one writer,
+/// one consumer per partition.
+async fn take_partitions(
     ctx: &Arc<WorkerContext>,
-    p: u32,
-) -> Result<Option<Owned>, vellum_store::StoreError> {
+    partitions: &BTreeSet<u32>,
+) -> Result<Option<Assignment>, vellum_store::StoreError> {
     let store = ctx.store.clone();
-    let lease =
-        tokio::task::spawn_blocking(move || store.writer_lease(&[lock_key_for_partition(p)]))
-            .await
-            .map_err(|e| vellum_store::StoreError::Unavailable(e.to_string()))??;
+    let keys: Vec<i64> = partitions
+        .iter()
+        .map(|p| lock_key_for_partition(*p))
+        .collect();
+    let lease = tokio::task::spawn_blocking(move || store.writer_lease(&keys))
+        .await
+        .map_err(|e| vellum_store::StoreError::Unavailable(e.to_string()))??;
     let Some(lease) = lease else {
         return Ok(None);
     };
     let lease = Arc::new(lease);
+    let owned = Arc::new(partitions.clone());
     let mut writer_config = ctx.writer.clone();
-    writer_config.partition = Some((p, ctx.queue.partitions.max(1)));
+    writer_config.partition = Some((owned.clone(), ctx.queue.partitions.max(1)));
     let keyring = ctx.keyring.clone();
     let signer = ctx.signer.clone();
     let writer_store: Arc<dyn AuditStore> = lease.clone();
@@ -300,15 +326,41 @@ async fn take_partition(
         Writer::start(writer_store, keyring, signer, writer_config)
     })
     .await
-    .map_err(|e| vellum_store::StoreError::Unavailable(e.to_string()))??;
-    let (writer, ingest) = started;
-    let (stop_tx, stop_rx) = watch::channel(false);
+    .map_err(|e| vellum_store::StoreError::Unavailable(e.to_string()))?;
+    let (writer, ingest) = match started {
+        Ok(started) => started,
+        Err(e) => {
+            if let Ok(lease) = Arc::try_unwrap(lease) {
+                let _ = tokio::task::spawn_blocking(move || lease.release()).await;
+            }
+            return Err(e);
+        }
+    };
+    let stop = Arc::new(watch::channel(false).0);
     let ctx = ctx.clone();
+    let partition_list: Vec<u32> = owned.iter().copied().collect();
+    let stop_inner = stop.clone();
     let task = tokio::spawn(async move {
-        if let Err(e) = consume(&ctx, p, &lease, &ingest, stop_rx).await {
-            tracing::warn!(partition = p, error = %e, "partition consumer stopped");
+        let mut consumers = tokio::task::JoinSet::new();
+        for p in partition_list {
+            let (ctx, lease, ingest, stop_rx) = (
+                ctx.clone(),
+                lease.clone(),
+                ingest.clone(),
+                stop_inner.subscribe(),
+            );
+            consumers.spawn(async move {
+                if let Err(e) = consume(&ctx, p, &lease, &ingest, stop_rx).await {
+                    tracing::warn!(partition = p, error = %e, "partition consumer stopped");
+                }
+            });
         }
         drop(ingest);
+        // One consumer ending (stop, lock lost) ends them all: the assignment is then retaken
+        // whole.
+        let _ = consumers.join_next().await;
+        let _ = stop_inner.send(true);
+        while consumers.join_next().await.is_some() {}
         let _ = tokio::task::spawn_blocking(move || {
             writer.join();
             if let Ok(lease) = Arc::try_unwrap(lease) {
@@ -317,8 +369,9 @@ async fn take_partition(
         })
         .await;
     });
-    Ok(Some(Owned {
-        stop: stop_tx,
+    Ok(Some(Assignment {
+        partitions: owned,
+        stop,
         task,
     }))
 }

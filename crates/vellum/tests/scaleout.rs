@@ -414,7 +414,7 @@ fn two_api_nodes_two_workers_a_worker_killed_mid_stream_nothing_lost_nothing_twi
         "{ready}\n{}",
         w2.log_text()
     );
-    assert!(w1_log.contains("took a partition"), "{w1_log}");
+    assert!(w1_log.contains("took partitions"), "{w1_log}");
     drop((a1, a2, w2));
     rt.block_on(env.drop_database());
 }
