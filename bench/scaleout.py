@@ -19,6 +19,9 @@ Needs: cargo build --release; cd bench/bullmq && npm ci
 """
 import argparse, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ingest import cpu_seconds, free_port, fsync_probe  # noqa: E402  (bench/ingest.py)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("VELLUM_BIN") or os.path.join(
     os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "release", "vellum")
@@ -26,20 +29,6 @@ PG = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
 PARTITIONS = int(os.environ.get("VELLUM_BENCH_PARTITIONS", "16"))
 SECRET = "scaleout-benchmark-secret-0123456789abcdef"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def fsync_probe(seconds=5):
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "fsync-probe.py"), str(seconds),
-                          tempfile.gettempdir()], capture_output=True, text=True)
-    return out.stdout.strip()
 
 
 def psql(db, sql):
@@ -59,15 +48,6 @@ def wait_http(port, path="/healthz", limit=60):
             pass
         time.sleep(0.1)
     raise SystemExit(f"nothing answered on port {port}")
-
-
-def cpu_seconds(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def lag_quantiles(port):
@@ -165,8 +145,6 @@ def vellum_run(workers, events, log, batch, concurrency, wait="queued", rate=Non
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
-        subprocess.run(["redis-cli", "-u", REDIS, "--scan", "--pattern", f"{queue}*"],
-                       capture_output=True)
         keys = subprocess.run(["redis-cli", "-u", REDIS, "--scan", "--pattern", f"{queue}*"],
                               capture_output=True, text=True).stdout.split()
         if keys:

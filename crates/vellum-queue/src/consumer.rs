@@ -409,13 +409,14 @@ impl Consumer {
                     entry = %entry.id,
                     "pending queue entry has no data (deleted outside Vellum); acknowledging it"
                 );
-                let stub = Message {
+                // Nothing to deliver: acknowledge the entry id alone.
+                let emptied = Message {
                     lane,
                     entry_id: entry.id,
                     payload: Vec::new(),
                     deliveries: n,
                 };
-                self.ack(&[&stub]).await?;
+                self.ack(&[&emptied]).await?;
                 continue;
             }
             match entry.field(b"p") {
@@ -426,13 +427,14 @@ impl Consumer {
                     deliveries: n,
                 }),
                 None => {
-                    let stub = Message {
+                    // Set aside under its id, with an empty payload, and the reason.
+                    let malformed = Message {
                         lane,
                         entry_id: entry.id,
                         payload: Vec::new(),
                         deliveries: n,
                     };
-                    self.dead_letter(&stub, "malformed queue entry: no payload field `p`")
+                    self.dead_letter(&malformed, "malformed queue entry: no payload field `p`")
                         .await?;
                 }
             }

@@ -225,9 +225,10 @@ impl QueueIngest {
         self.depth.load(Ordering::Relaxed)
     }
 
-    /// Whether the breaker lets requests through.
+    /// Whether the breaker lets requests through. Only looks: asking `allow` here would spend
+    /// the half-open probe on a health check.
     pub fn is_available(&self) -> bool {
-        self.breaker.lock().allow(Instant::now())
+        self.breaker.lock().state(Instant::now()) != vellum_core::breaker::BreakerState::Open
     }
 
     /// The producer (stats, ping).

@@ -477,7 +477,8 @@ async fn commit_batch(
 ) -> Result<(), String> {
     let partitions = ctx.queue.partitions.max(1);
     let mut submissions = Vec::new();
-    let mut event_messages: Vec<(&Message, String, String)> = Vec::new();
+    // (message, node, key, when queued): decoded once, here.
+    let mut event_messages: Vec<(&Message, String, String, i64)> = Vec::new();
     let mut checkpoints: Vec<(&Message, String, String, String)> = Vec::new();
     let mut want_checkpoint = false;
     for message in batch {
@@ -510,15 +511,21 @@ async fn commit_batch(
             Ok((QueueMessage::Checkpoint { .. }, log_id, node, key)) => {
                 checkpoints.push((message, log_id, node, key));
             }
-            Ok((m, _, node, key)) => match m.into_submission() {
-                Ok(Some((submission, checkpoint))) => {
-                    want_checkpoint |= checkpoint;
-                    submissions.push(submission);
-                    event_messages.push((message, node, key));
+            Ok((m, _, node, key)) => {
+                let queued_micros = match &m {
+                    QueueMessage::Event { queued_micros, .. } => *queued_micros,
+                    QueueMessage::Checkpoint { .. } => 0,
+                };
+                match m.into_submission() {
+                    Ok(Some((submission, checkpoint))) => {
+                        want_checkpoint |= checkpoint;
+                        submissions.push(submission);
+                        event_messages.push((message, node, key, queued_micros));
+                    }
+                    Ok(None) => {}
+                    Err(reason) => dead_letter(consumer, message, &reason).await?,
                 }
-                Ok(None) => {}
-                Err(reason) => dead_letter(consumer, message, &reason).await?,
-            },
+            }
             Err(reason) => dead_letter(consumer, message, &reason).await?,
         }
     }
@@ -532,24 +539,12 @@ async fn commit_batch(
                 Err(e) => return Err(e.to_string()),
             };
         let now = vellum_core::time_fmt::unix_micros(time::OffsetDateTime::now_utc());
-        for ((message, node, key), receipt) in event_messages.into_iter().zip(receipts) {
-            if let Ok(QueueMessage::Event { queued_micros, .. }) =
-                QueueMessage::decode(&message.payload)
-            {
-                let lag = (now - queued_micros).max(0) as f64 / 1e6;
-                metrics::histogram!("vellum_queue_commit_lag_seconds").record(lag);
-            }
-            let notice = CommitNotice {
-                key: key.clone(),
-                receipt: Some(receipt),
-            };
-            if let Ok(payload) = serde_json::to_vec(&notice) {
-                notices.push(vellum_queue::Receipt {
-                    node_id: node,
-                    key,
-                    payload,
-                });
-            }
+        for ((message, node, key, queued_micros), receipt) in
+            event_messages.into_iter().zip(receipts)
+        {
+            let lag = (now - queued_micros).max(0) as f64 / 1e6;
+            metrics::histogram!("vellum_queue_commit_lag_seconds").record(lag);
+            notices.extend(notice(node, key, Some(receipt)));
             done.push(message);
         }
     }
@@ -558,17 +553,7 @@ async fn commit_batch(
             .checkpoint_now(&log_id)
             .await
             .map_err(|e| e.to_string())?;
-        let notice = CommitNotice {
-            key: key.clone(),
-            receipt: None,
-        };
-        if let Ok(payload) = serde_json::to_vec(&notice) {
-            notices.push(vellum_queue::Receipt {
-                node_id: node,
-                key,
-                payload,
-            });
-        }
+        notices.extend(notice(node, key, None));
         done.push(message);
     }
     // Durable now. A lost notice only makes the API node look the receipt up in the store.
@@ -583,6 +568,20 @@ async fn commit_batch(
         metrics::counter!("vellum_worker_events_committed_total").increment(done.len() as u64);
     }
     Ok(())
+}
+
+/// What the waiting API node `node` gets for the message of `key`.
+fn notice(node: String, key: String, receipt: Option<Receipt>) -> Option<vellum_queue::Receipt> {
+    let payload = serde_json::to_vec(&CommitNotice {
+        key: key.clone(),
+        receipt,
+    })
+    .ok()?;
+    Some(vellum_queue::Receipt {
+        node_id: node,
+        key,
+        payload,
+    })
 }
 
 async fn dead_letter(

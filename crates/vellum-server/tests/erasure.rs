@@ -6,8 +6,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::call;
+
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::time::Duration;
 use vellum_server::ServerConfig;
 use zeroize::Zeroizing;
@@ -15,29 +19,6 @@ use zeroize::Zeroizing;
 const EMAIL: &str = "jane.roe.0451@example.org";
 const IP: &str = "203.0.113.177";
 const SUBJECT: &str = "ds-7f3a9c-subject";
-
-async fn call(
-    client: &reqwest::Client,
-    base: &str,
-    key: &str,
-    method: Method,
-    path: &str,
-    body: Option<&Value>,
-) -> (StatusCode, Value) {
-    let mut request = client
-        .request(method, format!("{base}{path}"))
-        .bearer_auth(key);
-    if let Some(body) = body {
-        request = request.json(body);
-    }
-    let response = request.send().await.expect("request");
-    let status = response.status();
-    let text = response.text().await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
 
 /// Every file of the data directory, as bytes (main files and WALs).
 fn store_bytes(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {

@@ -14,6 +14,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::call;
+
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -105,29 +109,6 @@ fn config(dir: &std::path::Path, db: &str, redis: Option<&str>, queue: &str) -> 
         retention_interval_hours: 0,
         ..ServerConfig::default()
     }
-}
-
-async fn call(
-    client: &reqwest::Client,
-    base: &str,
-    key: &str,
-    method: Method,
-    path: &str,
-    body: Option<&Value>,
-) -> (StatusCode, Value) {
-    let mut request = client
-        .request(method, format!("{base}{path}"))
-        .bearer_auth(key);
-    if let Some(body) = body {
-        request = request.json(body);
-    }
-    let response = request.send().await.expect("request");
-    let status = response.status();
-    let text = response.text().await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
 }
 
 fn base(server: &RunningServer) -> String {

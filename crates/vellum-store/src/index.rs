@@ -437,14 +437,7 @@ enum ActionSql<'a> {
 /// The FTS5 expression of `query`'s tag filters and `q`, if any.
 fn fts_expression(query: &SearchQuery) -> Option<String> {
     let mut terms: Vec<String> = Vec::new();
-    for ((_, prefix), value) in TAG_COLUMNS.iter().zip([
-        &query.target_resource_id,
-        &query.session_id,
-        &query.ip_address,
-        &query.patient_id,
-        &query.data_subject_id,
-        &query.correlation_id,
-    ]) {
+    for ((_, prefix), value) in TAG_COLUMNS.iter().zip(query.tag_filters()) {
         if let Some(value) = value {
             terms.push(format!("tags : {}", tag_token(*prefix, value)));
         }
@@ -616,14 +609,7 @@ fn push_conditions(
     eq(sql, "classification", &query.data_classification);
     eq(sql, "target_type", &query.target_resource_type);
     // High-cardinality filters: candidates through their FTS tag, then the exact value.
-    for ((column, _), value) in TAG_COLUMNS.iter().zip([
-        &query.target_resource_id,
-        &query.session_id,
-        &query.ip_address,
-        &query.patient_id,
-        &query.data_subject_id,
-        &query.correlation_id,
-    ]) {
+    for ((column, _), value) in TAG_COLUMNS.iter().zip(query.tag_filters()) {
         eq(sql, column, value);
     }
     match (action, &query.action) {

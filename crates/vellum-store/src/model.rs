@@ -75,6 +75,25 @@ pub struct StoredEvent {
 }
 
 impl StoredEvent {
+    /// Refuses an event looked up by `id` whose body carries another id. The lookup column is
+    /// not hashed; the `id` inside the event is, so a row filed under another event's id must
+    /// not be served as that event. Tombstones carry no id and pass.
+    pub fn check_filed_under(&self, id: &uuid::Uuid) -> Result<(), crate::StoreError> {
+        if vellum_core::retention::Tombstone::from_body(&self.canonical).is_some() {
+            return Ok(());
+        }
+        let inside = serde_json::from_str::<serde_json::Value>(&self.canonical)
+            .ok()
+            .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_owned));
+        if inside.as_deref() == Some(id.hyphenated().to_string().as_str()) {
+            return Ok(());
+        }
+        Err(crate::StoreError::Corrupt(format!(
+            "the event filed under id {id} (seq {} of log {}) carries id {inside:?}: run vellum verify",
+            self.seq, self.log_id
+        )))
+    }
+
     /// The event as the API returns it: the stored object plus `hash` and `signature`, built by
     /// splicing text so the stored bytes are returned untouched.
     pub fn to_api_json(&self) -> String {
@@ -138,6 +157,22 @@ pub struct SearchQuery {
     pub limit: usize,
     /// Opaque cursor from the previous page.
     pub cursor: Option<String>,
+}
+
+impl SearchQuery {
+    /// The near-unique filters, in a fixed order: target id, session, IP address, patient,
+    /// data subject, correlation id. Both stores find them through hashed tags rather than
+    /// columns of their own (each store lists its tag names in this order).
+    pub fn tag_filters(&self) -> [&Option<String>; 6] {
+        [
+            &self.target_resource_id,
+            &self.session_id,
+            &self.ip_address,
+            &self.patient_id,
+            &self.data_subject_id,
+            &self.correlation_id,
+        ]
+    }
 }
 
 /// One page of search results.

@@ -699,20 +699,8 @@ impl AuditStore for SqliteStore {
             let event = stmt
                 .query_row(params![&id.as_bytes()[..]], row_to_event)
                 .optional()?;
-            // The lookup column is not hashed; the `id` inside the event is. A row filed
-            // under another event's id must not be served as that event.
-            if let Some(event) = &event
-                && vellum_core::retention::Tombstone::from_body(&event.canonical).is_none()
-            {
-                let inside = serde_json::from_str::<serde_json::Value>(&event.canonical)
-                    .ok()
-                    .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_owned));
-                if inside.as_deref() != Some(id.hyphenated().to_string().as_str()) {
-                    return Err(StoreError::Corrupt(format!(
-                        "the event filed under id {id} (seq {} of log {}) carries id {inside:?}: run vellum verify",
-                        event.seq, event.log_id
-                    )));
-                }
+            if let Some(event) = &event {
+                event.check_filed_under(id)?;
             }
             Ok(event)
         })

@@ -218,14 +218,8 @@ pub(crate) fn push_filters(query: &SearchQuery, sql: &mut Sql) -> bool {
         ("correlation_id", 'c'),
     ]
     .into_iter()
-    .zip([
-        &query.target_resource_id,
-        &query.session_id,
-        &query.ip_address,
-        &query.patient_id,
-        &query.data_subject_id,
-        &query.correlation_id,
-    ]) {
+    .zip(query.tag_filters())
+    {
         if let Some(value) = value {
             tags.push(tag(field, value));
             let p = sql.arg(value.clone(), Type::TEXT);
