@@ -191,6 +191,15 @@ pub struct QueueIngest {
 /// start with it; such keys need no reservation, the id being fresh.
 pub const QUEUE_KEY_PREFIX: &str = "q:";
 
+/// A client's idempotency key (reserved across nodes), as opposed to the API node's own
+/// `q:` keys, which need no reservation.
+fn client_key(submission: &Submission) -> Option<&str> {
+    submission
+        .idempotency_key
+        .as_deref()
+        .filter(|k| !k.starts_with(QUEUE_KEY_PREFIX))
+}
+
 /// How long an idempotency reservation lives in Redis (the 24 h window).
 const RESERVATION_TTL: Duration = crate::ingest::IDEMPOTENCY_WINDOW;
 
@@ -297,32 +306,45 @@ impl QueueIngest {
         checkpoint: bool,
     ) -> Result<Vec<(QueuedReceipt, String)>, SubmitError> {
         self.check_breaker()?;
+        // Ids first, with every client key's reservation sent at once (one pipelined round
+        // trip on the multiplexed connection, not one per event). The first node to see a key
+        // fixes the event's id; a retry on any node answers with it and queues the event
+        // again under the same key (the worker keeps one), so a node that died between
+        // reserving and queueing cannot lose the event.
+        let ids: Vec<uuid::Uuid> = submissions
+            .iter()
+            .map(|s| s.id.unwrap_or_else(uuid::Uuid::now_v7))
+            .collect();
+        let reservations = futures_util::future::join_all(
+            submissions
+                .iter()
+                .zip(&ids)
+                .filter_map(|(s, id)| client_key(s).map(|key| (key, id.to_string())))
+                .map(|(key, id)| async move {
+                    self.producer
+                        .reserve_idempotency(key, &id, RESERVATION_TTL)
+                        .await
+                }),
+        )
+        .await;
+        let mut reserved = reservations.into_iter();
         let mut out = Vec::with_capacity(submissions.len());
         let mut by_partition: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
-        for submission in submissions {
+        for (submission, mut id) in submissions.iter().zip(ids) {
             let log_id = log_for(
                 submission.event.organization_id.as_deref(),
                 self.log_per_organization,
             );
-            let mut id = submission.id.unwrap_or_else(uuid::Uuid::now_v7);
-            let key = match &submission.idempotency_key {
-                Some(key) if key.starts_with(QUEUE_KEY_PREFIX) => key.clone(),
-                Some(key) => {
-                    // The first node to see a key fixes the event's id; a retry on any node
-                    // answers with it and queues the event again under the same key (the
-                    // worker keeps one), so a node that died between reserving and queueing
-                    // cannot lose the event.
-                    let reserved = self.record(
-                        self.producer
-                            .reserve_idempotency(key, &id.to_string(), RESERVATION_TTL)
-                            .await,
-                    )?;
-                    if let Some(first) = reserved.and_then(|v| uuid::Uuid::parse_str(&v).ok()) {
+            let key = match (client_key(submission), &submission.idempotency_key) {
+                (Some(key), _) => {
+                    let first = self.record(reserved.next().unwrap_or(Ok(None)))?;
+                    if let Some(first) = first.and_then(|v| uuid::Uuid::parse_str(&v).ok()) {
                         id = first;
                     }
-                    key.clone()
+                    key.to_owned()
                 }
-                None => format!("{QUEUE_KEY_PREFIX}{id}"),
+                (None, Some(internal)) => internal.clone(),
+                (None, None) => format!("{QUEUE_KEY_PREFIX}{id}"),
             };
             let message =
                 QueueMessage::for_event(submission, id, key.clone(), &self.node, checkpoint);
