@@ -123,6 +123,16 @@ impl Status {
     /// Every status, in wire spelling.
     pub const ALL: &'static [&'static str] = &["attempt", "success", "failure", "warning"];
 
+    /// Wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Attempt => "attempt",
+            Self::Success => "success",
+            Self::Failure => "failure",
+            Self::Warning => "warning",
+        }
+    }
+
     /// Parses the wire spelling.
     pub fn parse(text: &str) -> Option<Self> {
         match text {

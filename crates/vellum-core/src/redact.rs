@@ -220,6 +220,26 @@ impl Redactor {
     /// Fails on a pointer that is not a valid RFC 6901 pointer to a member (it must start with
     /// `/`), and on an empty or overlong field name.
     pub fn new(config: &RedactionConfig, token_key: &[u8]) -> Result<Self, RedactionConfigError> {
+        Self::build(config, token_key, false)
+    }
+
+    /// Compiles `config` with every rule turned into `mask`, so no token key is needed.
+    ///
+    /// For redaction outside the server (the client SDK sanitizing request bodies before they
+    /// reach its spool on disk): the server's token key must not leave the server, and a token
+    /// under any other key would look searchable while matching nothing the server makes.
+    pub fn masking(config: &RedactionConfig) -> Result<Self, RedactionConfigError> {
+        Self::build(config, &[], true)
+    }
+
+    fn build(
+        config: &RedactionConfig,
+        token_key: &[u8],
+        mask_only: bool,
+    ) -> Result<Self, RedactionConfigError> {
+        let effective = |mode: RedactionMode| {
+            if mask_only { RedactionMode::Mask } else { mode }
+        };
         let mut fields: HashMap<String, RedactionMode> = HashMap::new();
         let mut pattern_modes: Vec<(PatternKind, RedactionMode)> = Vec::new();
         let (preset_fields, preset_patterns) = preset_rules(config.preset);
@@ -239,12 +259,12 @@ impl Redactor {
                     "field rule {name:?} is longer than {MAX_FIELD_NAME_BYTES} bytes"
                 )));
             }
-            fields.insert(normalized, mode);
+            fields.insert(normalized, effective(mode));
         }
         let user_patterns = config.extra_patterns.iter().map(|r| (r.kind, r.mode));
         for (kind, mode) in preset_patterns.into_iter().chain(user_patterns) {
             pattern_modes.retain(|(k, _)| *k != kind);
-            pattern_modes.push((kind, mode));
+            pattern_modes.push((kind, effective(mode)));
         }
 
         let mut pointers = Vec::with_capacity(config.pointers.len());
@@ -253,7 +273,7 @@ impl Redactor {
             pointers.push(PointerTarget {
                 pointer: rule.pointer.clone(),
                 tokens,
-                mode: rule.mode,
+                mode: effective(rule.mode),
             });
         }
 
@@ -289,6 +309,7 @@ impl Redactor {
                     .into(),
             ));
         }
+        // With no token rule the key is never used; HMAC accepts an empty key.
         let mac = HmacSha256::new_from_slice(token_key)
             .map_err(|e| RedactionConfigError(format!("unusable token key: {e}")))?;
 
@@ -438,11 +459,12 @@ impl Redactor {
         self.fields.get(name).copied()
     }
 
-    /// Replaces a whole value; returns whether it changed. An existing mask (for `mask`) or
-    /// token (for `tokenize`) is kept, which makes redaction idempotent.
+    /// Replaces a whole value; returns whether it changed. An existing mask (for either mode)
+    /// or token (for `tokenize`) is kept, which makes redaction idempotent; a value a client
+    /// already masked stays a mask instead of becoming the token of the word `[REDACTED]`.
     fn replace_whole(&self, value: &mut Value, mode: RedactionMode) -> bool {
         let replacement = match (mode, &*value) {
-            (RedactionMode::Mask, Value::String(s)) if s == MASK => return false,
+            (_, Value::String(s)) if s == MASK => return false,
             (RedactionMode::Mask, _) => MASK.to_owned(),
             (RedactionMode::Tokenize, Value::String(s)) if is_token(s) => return false,
             (RedactionMode::Tokenize, Value::String(s)) => self.token(s),
@@ -1058,6 +1080,30 @@ mod tests {
 
     fn tok(text: &str) -> String {
         HEALTHCARE.token(text)
+    }
+
+    #[test]
+    fn masking_turns_every_rule_into_a_mask_and_needs_no_key() {
+        let Ok(masking) = Redactor::masking(&RedactionConfig::default()) else {
+            panic!("the healthcare preset compiles without a key when masking")
+        };
+        let (out, changed) = run(
+            &masking,
+            json!({"action": "a", "details": {"ssn": "123-45-6789", "note": "card 4111111111111111",
+                   "password": "hunter2", "diagnosis": "flu"}}),
+        );
+        assert_eq!(
+            out["details"],
+            json!({"ssn": MASK, "note": format!("card {MASK}"), "password": MASK, "diagnosis": MASK})
+        );
+        assert_eq!(changed.len(), 4);
+        // The same preset with a key tokenizes the identity numbers instead.
+        let (tokenized, _) = run(&HEALTHCARE, json!({"details": {"ssn": "123-45-6789"}}));
+        assert!(tokenized["details"]["ssn"].as_str().is_some_and(is_token));
+        // A value the client already masked stays masked under the server's tokenize rule.
+        let (kept, changed) = run(&HEALTHCARE, out);
+        assert_eq!(kept["details"]["ssn"], MASK);
+        assert!(changed.is_empty());
     }
 
     // ---- check-digit algorithms -------------------------------------------------------------

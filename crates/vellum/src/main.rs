@@ -8,6 +8,7 @@ mod query;
 mod report;
 mod retention;
 mod settings;
+mod spool;
 mod verify;
 mod worker;
 
@@ -62,6 +63,8 @@ enum Command {
     Worker(worker::WorkerArgs),
     /// List, retry or drop dead-lettered queue messages (scale-out).
     Dlq(worker::DlqArgs),
+    /// Inspect or replay an application's guaranteed-delivery spool (vellum-client).
+    Spool(spool::SpoolArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -168,6 +171,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dlq(args) => {
             let config = settings::load(&overrides)?;
             worker::run_dlq(&config, &args)
+        }
+        Command::Spool(args) => {
+            let config = settings::load(&overrides)?;
+            spool::run(&config, &args)
         }
     }
 }
