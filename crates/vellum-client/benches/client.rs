@@ -98,20 +98,40 @@ fn client(url: &str, key: &str, spool: Option<&Path>) -> Client {
     b.build().unwrap()
 }
 
-/// Sequential `log` calls: the latency one caller sees (batch window included).
-async fn log_latency(url: &str, key: &str, n: usize) -> (Duration, Duration) {
+/// Sequential `log` calls against the same event POSTed with a bare HTTP client (reqwest,
+/// one request per event, alternating with `log`): the difference is what the client adds.
+async fn log_latency(url: &str, key: &str, n: usize) -> [(Duration, Duration); 2] {
     let c = client(url, key, None);
-    for i in 0..50 {
-        c.log(event(i)).await.unwrap();
-    }
-    let mut lat = Vec::with_capacity(n);
-    for i in 0..n as u64 {
+    let raw = reqwest::Client::new();
+    let events_url = format!("{url}/v1/events");
+    let mut lat = [Vec::with_capacity(n), Vec::with_capacity(n)];
+    for i in 0..(n + 50) as u64 {
         let t = Instant::now();
         c.log(event(i)).await.unwrap();
-        lat.push(t.elapsed());
+        let client_time = t.elapsed();
+        let body = event(i)
+            .with_idempotency_key(uuid::Uuid::now_v7().to_string())
+            .into_json();
+        let t = Instant::now();
+        let r = raw
+            .post(&events_url)
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let _ = r.bytes().await.unwrap();
+        let raw_time = t.elapsed();
+        if i >= 50 {
+            lat[0].push(client_time);
+            lat[1].push(raw_time);
+        }
     }
-    lat.sort();
-    (percentile(&lat, 0.5), percentile(&lat, 0.99))
+    lat.map(|mut l| {
+        l.sort();
+        (percentile(&l, 0.5), percentile(&l, 0.99))
+    })
 }
 
 /// `log` from `callers` concurrent tasks: events/s the batching reaches.
@@ -267,6 +287,8 @@ fn main() {
     let (server, url, key) = rt.block_on(start_server(&tmp.path().join("server")));
     let mut p50s = Vec::new();
     let mut p99s = Vec::new();
+    let mut raw50 = Vec::new();
+    let mut raw99 = Vec::new();
     let mut rates = Vec::new();
     let mut ap50 = Vec::new();
     let mut ap99 = Vec::new();
@@ -276,9 +298,11 @@ fn main() {
     let mut audited = (Vec::new(), Vec::new());
     for round in 0..rounds {
         rt.block_on(async {
-            let (p50, p99) = log_latency(&url, &key, 2000).await;
+            let [(p50, p99), (r50, r99)] = log_latency(&url, &key, 2000).await;
             p50s.push(micros(p50));
             p99s.push(micros(p99));
+            raw50.push(micros(r50));
+            raw99.push(micros(r99));
             rates.push(log_throughput(&url, &key, 64, 20_000).await);
             let dir = tmp.path().join(format!("spool-append-{round}"));
             let (p50, p99, rate) = spool_append(&dir, 64, 20_000).await;
@@ -303,6 +327,8 @@ fn main() {
     println!("median of {rounds} rounds (min–max)");
     show("log(): one caller, p50", p50s, "µs");
     show("log(): one caller, p99", p99s, "µs");
+    show("same event, bare reqwest POST, p50", raw50, "µs");
+    show("same event, bare reqwest POST, p99", raw99, "µs");
     show("log(): 64 callers, events/s", rates, "/s");
     show(
         "log_with_guaranteed_delivery(): one caller, p50",
