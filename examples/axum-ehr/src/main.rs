@@ -23,6 +23,7 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_env("EHR_LOG")
                 .unwrap_or_else(|_| "info".into()),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let url = std::env::var("VELLUM_URL").unwrap_or_else(|_| "http://127.0.0.1:7870".into());
     let key = match std::env::var("VELLUM_API_KEY") {
