@@ -919,27 +919,34 @@ fn cpf_valid(digits: &[u8; 11]) -> bool {
 }
 
 /// Card numbers: 13–19 digits, optionally grouped by single spaces or dashes, not adjacent to
-/// another digit, passing Luhn. Within a longer run of groups (a card followed by a year, say)
-/// every group-aligned window is tried, leftmost first, longest first.
+/// another digit or to a letter, passing Luhn. A digit group that touches a letter is part of
+/// an identifier (the hex groups of a UUID, `v2`, `abc123`), not of a card number, so it breaks
+/// a run. Within a longer run of groups (a card followed by a year, say) every group-aligned
+/// window is tried, leftmost first, longest first.
 fn scan_cards(b: &[u8], mode: RedactionMode, out: &mut Vec<Span>) {
+    let letter = |i: usize| b.get(i).is_some_and(u8::is_ascii_alphabetic);
+    let touches_letter = |start: usize, end: usize| (start > 0 && letter(start - 1)) || letter(end);
     let mut i = 0;
     while i < b.len() {
         if !is_digit(b, i) {
             i += 1;
             continue;
         }
-        // Measure the run of digit groups joined by single separators.
-        let mut end = i;
-        let mut digits = 0usize;
-        loop {
-            let group_end = digit_run_end(b, end);
-            digits += group_end - end;
-            end = group_end;
-            let joined = matches!(b.get(end), Some(b' ' | b'-')) && is_digit(b, end + 1);
-            if !joined {
+        let first_end = digit_run_end(b, i);
+        if touches_letter(i, first_end) {
+            i = first_end;
+            continue;
+        }
+        // Measure the run of clean digit groups joined by single separators.
+        let mut end = first_end;
+        let mut digits = first_end - i;
+        while matches!(b.get(end), Some(b' ' | b'-')) && is_digit(b, end + 1) {
+            let group_end = digit_run_end(b, end + 1);
+            if touches_letter(end + 1, group_end) {
                 break;
             }
-            end += 1;
+            digits += group_end - (end + 1);
+            end = group_end;
         }
         if digits >= 13 {
             scan_card_run(b, i, end, mode, out);
@@ -1477,6 +1484,12 @@ mod tests {
             ("order 41111111111111110", None), // 17 digits, not Luhn-valid
             ("ts 1732352462000 x", None),      // 13 digits, not Luhn-valid
             ("4111  1111 1111 1111", None),    // double space splits it
+            // Digit groups touching letters belong to identifiers: this UUID's
+            // `6-5489-7659-8416-6` run is 14 Luhn-valid digits, and not a card.
+            ("id 01a205b6-5489-7659-8416-6bb406c83d25", None),
+            ("v4111111111111111", None),
+            ("4111111111111111x", None),
+            ("ref a1-4111-1111-1111-1111-b2", Some("4111-1111-1111-1111")),
         ];
         for (text, hit) in cases {
             let (event, _) = run(&r, json!({"details": {"t": text}}));
@@ -1795,7 +1808,13 @@ mod tests {
                 }
                 let s = &b[start..end];
                 let show = || String::from_utf8_lossy(s).into_owned();
-                if card_shaped && (13..=19).contains(&digits.len()) && reference_luhn(&digits) {
+                let letter = |i: usize| b.get(i).is_some_and(u8::is_ascii_alphabetic);
+                let in_identifier = (start > 0 && letter(start - 1)) || letter(end);
+                if card_shaped
+                    && !in_identifier
+                    && (13..=19).contains(&digits.len())
+                    && reference_luhn(&digits)
+                {
                     found.push(format!("card {}", show()));
                 }
                 let ssn_shaped = s.len() == 11
