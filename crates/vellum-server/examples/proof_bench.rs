@@ -190,6 +190,7 @@ fn fill(
             log_per_organization: false,
             checkpoint_interval: Duration::from_secs(1),
             partition: None,
+            commit_tap: None,
         },
     )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -862,6 +862,16 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     if let Some(queue) = queue {
         body["queue"] = queue;
     }
+    // Sinks are reported, not required: a SIEM that is down delays forwarding (the events
+    // wait in the log, cursors hold), it does not make this node unfit to take events.
+    let sinks = state
+        .forwarder
+        .lock()
+        .as_ref()
+        .map(vellum_forward::Forwarder::status);
+    if let Some(sinks) = sinks {
+        body["forwarding"] = serde_json::to_value(sinks).unwrap_or_default();
+    }
     let mut response = json_response(
         if ready {
             StatusCode::OK

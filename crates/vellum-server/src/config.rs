@@ -91,6 +91,19 @@ pub struct ServerConfig {
     /// Identity of this node in the queue (consumer and receipt channel name); default: host
     /// name, process id and a random suffix.
     pub node_id: Option<String>,
+    /// Detection rules (SPEC §8, `[detection]`): thresholds, windows, working hours; every
+    /// rule is on by default.
+    pub detection: vellum_core::detect::DetectionConfig,
+    /// Forwarding to SIEMs and other receivers (`[[forward.sinks]]`, SPEC §8).
+    pub forward: ForwardConfig,
+}
+
+/// `[forward]`: the sinks committed events are forwarded to.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct ForwardConfig {
+    /// The sinks, each with its own cursor, retries and dead letters (see `vellum_forward`).
+    pub sinks: Vec<vellum_forward::SinkConfig>,
 }
 
 /// Where events are stored and how they reach the writer.
@@ -219,6 +232,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("redis_url", &self.redis_url.as_ref().map(|_| "<redacted>"))
             .field("queue_name", &self.queue_name)
             .field("queue_partitions", &self.queue_partitions)
+            .field("detection", &self.detection.enabled)
+            .field("forward", &self.forward)
             .finish_non_exhaustive()
     }
 }
@@ -264,6 +279,8 @@ impl Default for ServerConfig {
             queue_partitions: 16,
             commit_wait_ms: 30_000,
             node_id: None,
+            detection: vellum_core::detect::DetectionConfig::default(),
+            forward: ForwardConfig::default(),
         }
     }
 }

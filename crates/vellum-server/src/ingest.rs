@@ -120,6 +120,43 @@ pub struct WriterConfig {
     /// partitions (scale-out worker): it loads and checkpoints only those logs, so it never
     /// touches a log another worker writes. `None`: every log.
     pub partition: Option<(Arc<std::collections::BTreeSet<u32>>, u32)>,
+    /// Where committed events are announced (detection), if anywhere.
+    pub commit_tap: Option<CommitTap>,
+}
+
+/// One event as committed: enough for a consumer to parse it without reading the store.
+#[derive(Debug, Clone)]
+pub struct CommittedEvent {
+    /// Its log.
+    pub log_id: String,
+    /// Its position in the log.
+    pub seq: u64,
+    /// The stored canonical text.
+    pub canonical: String,
+}
+
+/// A bounded announcement channel from the writer to a consumer of committed events (the
+/// detection thread). The writer never waits on it: when the consumer falls behind, batches
+/// are dropped and the consumer, which tracks its position per log, reads the gap from the
+/// store. So detection can never slow down or block a commit.
+#[derive(Clone, Debug)]
+pub struct CommitTap(crossbeam_channel::Sender<Vec<CommittedEvent>>);
+
+impl CommitTap {
+    /// A tap holding at most `batches` unread commits, and its receiving end.
+    pub fn bounded(batches: usize) -> (Self, crossbeam_channel::Receiver<Vec<CommittedEvent>>) {
+        let (tx, rx) = crossbeam_channel::bounded(batches.max(1));
+        (Self(tx), rx)
+    }
+
+    fn announce(&self, events: Vec<CommittedEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        if let Err(crossbeam_channel::TrySendError::Full(_)) = self.0.try_send(events) {
+            metrics::counter!("vellum_commit_tap_dropped_total").increment(1);
+        }
+    }
 }
 
 /// The queue partition a log belongs to, out of `partitions` ([`vellum_queue::partition_of`]):
@@ -710,6 +747,19 @@ impl WriterState {
 
         self.store.append(&batch)?;
         metrics::counter!("vellum_events_ingested_total").increment(batch.events.len() as u64);
+        if let Some(tap) = &self.config.commit_tap {
+            tap.announce(
+                batch
+                    .events
+                    .iter()
+                    .map(|e| CommittedEvent {
+                        log_id: e.log_id.clone(),
+                        seq: e.seq,
+                        canonical: e.canonical.clone(),
+                    })
+                    .collect(),
+            );
+        }
         if !checkpointed.is_empty() {
             metrics::counter!("vellum_checkpoints_total").increment(checkpointed.len() as u64);
         }

@@ -8,10 +8,12 @@
 //! until told to stop, then drains: in-flight requests finish, the writer commits what it was
 //! given, the indexer stops.
 
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod bootstrap;
 pub mod config;
+pub mod detection;
 pub mod error;
 pub mod export;
 pub mod ingest;
@@ -77,7 +79,13 @@ pub struct AppState {
     pub retention_lock: Arc<tokio::sync::Mutex<()>>,
     /// Data subjects' keys (crypto-shredding).
     pub subjects: Arc<subjects::SubjectKeys>,
+    /// The forwarding sinks, when this node runs them (see [`start_forwarding`]).
+    pub forwarder: ForwarderSlot,
 }
+
+/// Where the running [`vellum_forward::Forwarder`] is kept: empty when no sink is configured,
+/// and in the scale-out shape on every node but the one holding the forwarder lock.
+pub type ForwarderSlot = Arc<parking_lot::Mutex<Option<vellum_forward::Forwarder>>>;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -134,13 +142,17 @@ pub enum ServerError {
         keys::create_key,
         keys::list_keys,
         keys::revoke_key,
-        subjects::erase_subject
+        subjects::erase_subject,
+        alerts::get_alerts,
+        alerts::post_acknowledge
     ),
     components(schemas(
         ingest::Receipt, api::BatchReceipt, api::AcceptedEntry, api::RejectedEntry,
         proofs::KeysResponse, proofs::PublishedKey, proofs::InclusionProof,
         proofs::ConsistencyProof, proofs::VerifyRequest, verification::VerifyReport,
-        reports::ReportRequest, keys::CreateKeyRequest, keys::KeyInfo, keys::CreatedKey
+        reports::ReportRequest, keys::CreateKeyRequest, keys::KeyInfo, keys::CreatedKey,
+        alerts::AlertPage, alerts::AlertView, alerts::AlertStatus, alerts::Acknowledgement,
+        alerts::AcknowledgeRequest
     )),
     modifiers(&BearerAuth),
     tags(
@@ -148,6 +160,7 @@ pub enum ServerError {
         (name = "proofs", description = "Checkpoints, proofs and verification"),
         (name = "reports", description = "Compliance reports and accounting of disclosures"),
         (name = "admin", description = "API keys"),
+        (name = "alerts", description = "Security alerts raised by the detection rules"),
         (name = "operations", description = "Health and metrics")
     )
 )]
@@ -215,6 +228,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/verify", axum::routing::post(proofs::post_verify))
         .route("/v1/export", get(export::get_export))
         .route("/v1/stats", get(stats::get_stats))
+        .route("/v1/alerts", get(alerts::get_alerts))
+        .route(
+            "/v1/alerts/{id}/acknowledge",
+            axum::routing::post(alerts::post_acknowledge),
+        )
         .route("/v1/reports", axum::routing::post(reports::post_report))
         .route("/v1/reports/disclosures", get(reports::get_disclosures))
         .route("/v1/api-keys", get(keys::list_keys).post(keys::create_key))
@@ -305,6 +323,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     };
     let data_dir = config.data_dir.clone();
     let deployment = config.deployment()?;
+    config
+        .detection
+        .validate()
+        .map_err(|e| config::ConfigError(format!("detection: {e}")))?;
+    vellum_forward::validate_sinks(&config.forward.sinks)
+        .map_err(|e| config::ConfigError(e.to_string()))?;
     let lock = lock_data_dir(&data_dir)?;
     let mut sqlite = None;
     let mut postgres = None;
@@ -339,6 +363,14 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     )?);
     let checkpoint_key = signer.public();
     let signing_keyring = config.enable_signatures.then(|| keyring.clone());
+    // Detection watches the in-process writer's commits; in the scale-out shape the writers are
+    // the workers (see ARCHITECTURE.md, "Detection").
+    let detection_tap = (config.detection.enabled && deployment != config::Deployment::ScaleOut)
+        .then(detection::Detector::tap);
+    let with_tap = |mut writer_config: ingest::WriterConfig| {
+        writer_config.commit_tap = detection_tap.as_ref().map(|(tap, _)| tap.clone());
+        writer_config
+    };
     let (writer, ingest) = match deployment {
         config::Deployment::ScaleOut => {
             let redis_url = config
@@ -367,7 +399,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
                 Arc::new(lease),
                 signing_keyring,
                 signer.clone(),
-                writer_config(&config),
+                with_tap(writer_config(&config)),
             )?;
             (Some(writer), ingest)
         }
@@ -376,10 +408,31 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
                 store.clone(),
                 signing_keyring,
                 signer.clone(),
-                writer_config(&config),
+                with_tap(writer_config(&config)),
             )?;
             (Some(writer), ingest)
         }
+    };
+    let detector = match detection_tap {
+        Some((_, announcements)) => Some(
+            detection::Detector::start(
+                detection::DetectorParts {
+                    config: config.detection.clone(),
+                    store: store.clone(),
+                    pipeline: pipeline.clone(),
+                    alerts: detection::AlertDestination::Writer(ingest.clone()),
+                    logs: None,
+                    runtime: tokio::runtime::Handle::current(),
+                    data_dir: data_dir.clone(),
+                },
+                announcements,
+            )
+            .map_err(|source| ServerError::Io {
+                context: "starting the detection thread".into(),
+                source,
+            })?,
+        ),
+        None => None,
     };
     let subjects = Arc::new(subjects::SubjectKeys::new(
         store.clone(),
@@ -401,7 +454,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             .map(Arc::new),
         retention_lock: Arc::new(tokio::sync::Mutex::new(())),
         subjects,
+        forwarder: ForwarderSlot::default(),
     };
+    let forwarding = start_forwarding(&state, deployment, postgres.clone())?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Io {
@@ -414,6 +469,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     })?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let maintenance = tokio::spawn(maintenance(state.clone()));
+    let state_forwarder = state.forwarder.clone();
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     tracing::info!(%addr, https = tls.is_some(), data_dir = %data_dir.display(), ?deployment, "vellum listening");
     let shutdown = async {
@@ -444,13 +500,26 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
                     .await
             }),
         };
+    let forwarder = state_forwarder;
     let task = tokio::spawn(async move {
         let served = serving.await;
         maintenance.abort();
         let _ = maintenance.await;
+        if let Some(forwarding) = forwarding {
+            forwarding.abort();
+            let _ = forwarding.await;
+        }
+        let running = forwarder.lock().take();
+        if let Some(running) = running {
+            running.stop().await;
+        }
         // Every IngestHandle lived in the router, which is gone now: the writer drains what it
         // was given and exits.
         tokio::task::spawn_blocking(move || {
+            // The detection thread holds an ingest handle and appends its last alerts.
+            if let Some(detector) = detector {
+                detector.stop();
+            }
             if let Some(writer) = writer {
                 writer.join();
             }
@@ -477,6 +546,103 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         stop: Some(stop_tx),
         task,
     })
+}
+
+/// The advisory lock "partition" whose holder runs the forwarding sinks in the scale-out shape
+/// (queue partitions are far fewer, so it never names a writer's).
+pub const FORWARDER_LOCK_PARTITION: u32 = u32::MAX;
+
+/// How often a scale-out node without the forwarder lock tries to take it, and the holder
+/// checks that it still has it.
+const FORWARDER_LEASE_CHECK: Duration = Duration::from_secs(5);
+
+/// Starts the forwarding sinks, if any are configured. Cursors live in the store, so one
+/// process per store runs them: the server itself when it is the one writer (embedded,
+/// single PostgreSQL node); in the scale-out shape, whichever API node holds the forwarder's
+/// advisory lock, taken over by another node within seconds when that one dies. Returns the
+/// task that watches the lock (scale-out only).
+fn start_forwarding(
+    state: &AppState,
+    deployment: config::Deployment,
+    postgres: Option<Arc<vellum_store::postgres::PgStore>>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, ServerError> {
+    let sinks = state.config.forward.sinks.clone();
+    if sinks.is_empty() {
+        return Ok(None);
+    }
+    let host = host_name();
+    match (deployment, postgres) {
+        (config::Deployment::ScaleOut, Some(pg)) => {
+            let (store, slot) = (state.store.clone(), state.forwarder.clone());
+            // A bad sink is a start error on every node, not only on the lock holder.
+            vellum_forward::validate_sinks(&sinks)
+                .map_err(|e| config::ConfigError(e.to_string()))?;
+            Ok(Some(tokio::spawn(async move {
+                let mut lease: Option<vellum_store::postgres::PgLease> = None;
+                loop {
+                    if lease.as_ref().is_some_and(|l| !l.is_held()) {
+                        tracing::warn!("lost the forwarder lock; stopping the sinks");
+                        lease = None;
+                        let running = slot.lock().take();
+                        if let Some(running) = running {
+                            running.stop().await;
+                        }
+                    }
+                    if lease.is_none() {
+                        let pg = pg.clone();
+                        let key = vellum_store::postgres::lock_key_for_partition(
+                            FORWARDER_LOCK_PARTITION,
+                        );
+                        lease = match tokio::task::spawn_blocking(move || pg.writer_lease(&[key]))
+                            .await
+                        {
+                            Ok(Ok(taken)) => taken,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "forwarder lock not available");
+                                None
+                            }
+                            Err(_) => None,
+                        };
+                        if lease.is_some() {
+                            match vellum_forward::Forwarder::start(
+                                store.clone(),
+                                sinks.clone(),
+                                host.clone(),
+                            ) {
+                                Ok(forwarder) => {
+                                    tracing::info!(
+                                        sinks = sinks.len(),
+                                        "this node runs the forwarding sinks"
+                                    );
+                                    *slot.lock() = Some(forwarder);
+                                }
+                                Err(e) => {
+                                    tracing::error!(error = %e, "the forwarding sinks could not start");
+                                    lease = None;
+                                }
+                            }
+                        }
+                    }
+                    tokio::time::sleep(FORWARDER_LEASE_CHECK).await;
+                }
+            })))
+        }
+        _ => {
+            let forwarder = vellum_forward::Forwarder::start(state.store.clone(), sinks, host)
+                .map_err(|e| config::ConfigError(e.to_string()))?;
+            *state.forwarder.lock() = Some(forwarder);
+            Ok(None)
+        }
+    }
+}
+
+/// This machine's name, for syslog headers and the FHIR observer.
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "vellum".into())
 }
 
 /// File whose exclusive lock marks the one server writing a data directory.
@@ -657,6 +823,8 @@ pub(crate) struct WriterParts {
     pub(crate) store: Arc<vellum_store::postgres::PgStore>,
     pub(crate) keyring: Arc<HmacKeyring>,
     pub(crate) signer: Arc<vellum_core::checkpoint::CheckpointSigner>,
+    /// The pipeline the worker's alerts go through.
+    pub(crate) pipeline: Arc<Pipeline>,
 }
 
 /// Opens what a worker needs to write: its data directory (locked), the store, the HMAC
@@ -667,7 +835,7 @@ pub(crate) async fn open_postgres_writer_parts(
     require_shared_secret(config, config::Deployment::ScaleOut)?;
     let lock = lock_data_dir(&config.data_dir)?;
     let store = open_pg_store(config).await?;
-    let (keyring, _) = keyring_and_pipeline(config)?;
+    let (keyring, pipeline) = keyring_and_pipeline(config)?;
     let signer = Arc::new(bootstrap::load_or_create_checkpoint_signer(
         &config.data_dir,
         config.checkpoint_key_file.as_deref(),
@@ -679,6 +847,7 @@ pub(crate) async fn open_postgres_writer_parts(
         store,
         keyring,
         signer,
+        pipeline: Arc::new(pipeline),
     })
 }
 
@@ -720,6 +889,7 @@ fn writer_config(config: &ServerConfig) -> ingest::WriterConfig {
         log_per_organization: config.log_per_organization,
         checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms.max(1)),
         partition: None,
+        commit_tap: None,
     }
 }
 

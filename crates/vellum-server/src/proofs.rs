@@ -15,7 +15,7 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -511,10 +511,63 @@ pub async fn post_verify(
         )?)
     })
     .await?;
+    if !report.ok {
+        record_integrity_failure(&state, &principal, &report).await?;
+    }
     Ok(json_response(
         StatusCode::OK,
         serde_json::to_string(&report).map_err(|e| ApiError::internal(&e))?,
     ))
+}
+
+/// A failed verification is itself an audit event (`integrity.verify.failure`, critical), so the
+/// detection rules raise an alert and the log keeps the record of what was found when.
+async fn record_integrity_failure(
+    state: &AppState,
+    principal: &Principal,
+    report: &VerifyReport,
+) -> Result<(), ApiError> {
+    let failed: Vec<Value> = report
+        .logs
+        .iter()
+        .filter(|l| !l.failures.is_empty())
+        .map(|l| {
+            json!({
+                "logId": l.log_id,
+                "failures": l.failures.len(),
+                "firstSeqs": l.failures.iter().take(20).map(|f| f.seq()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let total: usize = report.logs.iter().map(|l| l.failures.len()).sum();
+    let mut event = json!({
+        "action": "integrity.verify.failure",
+        "status": "failure",
+        "severity": "critical",
+        "principalId": principal.key_id,
+        "principalType": "service",
+        "targetResourceType": "AuditLog",
+        "dataClassification": "CONFIDENTIAL",
+        "outcomeDescription": format!("integrity verification found {total} failures"),
+        "details": {"logs": failed, "eventsChecked": report.events},
+    });
+    if let Some(org) = &principal.organization_id {
+        event["organizationId"] = Value::String(org.clone());
+    }
+    let prepared = state
+        .pipeline
+        .prepare(event, 0, time::OffsetDateTime::now_utc())
+        .map_err(|errors| ApiError::internal(&format!("integrity event invalid: {errors:?}")))?;
+    crate::api::submit(
+        state,
+        vec![crate::ingest::Submission {
+            event: prepared,
+            idempotency_key: None,
+            id: None,
+        }],
+    )
+    .await
+    .map(|_| ())
 }
 
 /// Attaches a checkpoint and inclusion proof to receipts (`POST /v1/events?wait=checkpoint`).

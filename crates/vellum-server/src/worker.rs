@@ -46,6 +46,17 @@ struct WorkerContext {
     redis_url: String,
     node: String,
     bus: ReceiptBus,
+    /// The detection rules, when on: each assignment runs them over its partitions' logs.
+    detection: Option<WorkerDetection>,
+}
+
+/// What a worker's detectors share.
+struct WorkerDetection {
+    config: vellum_core::detect::DetectionConfig,
+    pipeline: Arc<vellum_core::pipeline::Pipeline>,
+    /// Alerts go through the queue: an alert's log may be another worker's.
+    queue: Arc<crate::scaleout::QueueIngest>,
+    data_dir: std::path::PathBuf,
 }
 
 /// The partitions this worker owns: one lease (one PostgreSQL session holding their locks),
@@ -78,7 +89,12 @@ pub async fn run(
         store,
         keyring,
         signer,
+        pipeline,
     } = crate::open_postgres_writer_parts(&config).await?;
+    config
+        .detection
+        .validate()
+        .map_err(|e| crate::config::ConfigError(format!("detection: {e}")))?;
     let redis_url = config
         .redis_url
         .as_ref()
@@ -94,6 +110,26 @@ pub async fn run(
         .map_err(|e| crate::queue_unavailable(&e))?;
     let mut writer = crate::writer_config(&config);
     writer.partition = None;
+    let detection = if config.detection.enabled {
+        let queue = crate::scaleout::QueueIngest::connect(
+            &redis_url,
+            queue.clone(),
+            format!("{node}-detection"),
+            store.clone(),
+            config.log_per_organization,
+            Duration::from_millis(config.commit_wait_ms.max(1)),
+        )
+        .await
+        .map_err(|e| crate::queue_unavailable(&e))?;
+        Some(WorkerDetection {
+            config: config.detection.clone(),
+            pipeline,
+            queue: Arc::new(queue),
+            data_dir: config.data_dir.clone(),
+        })
+    } else {
+        None
+    };
     let ctx = Arc::new(WorkerContext {
         store,
         keyring: config.enable_signatures.then_some(keyring),
@@ -103,6 +139,7 @@ pub async fn run(
         redis_url,
         node: node.clone(),
         bus,
+        detection,
     });
     let health = Arc::new(Health {
         owned: std::sync::atomic::AtomicUsize::new(0),
@@ -319,6 +356,11 @@ async fn take_partitions(
     let owned = Arc::new(partitions.clone());
     let mut writer_config = ctx.writer.clone();
     writer_config.partition = Some((owned.clone(), ctx.queue.partitions.max(1)));
+    let detection_tap = ctx
+        .detection
+        .as_ref()
+        .map(|_| crate::detection::Detector::tap());
+    writer_config.commit_tap = detection_tap.as_ref().map(|(tap, _)| tap.clone());
     let keyring = ctx.keyring.clone();
     let signer = ctx.signer.clone();
     let writer_store: Arc<dyn AuditStore> = lease.clone();
@@ -335,6 +377,33 @@ async fn take_partitions(
             }
             return Err(e);
         }
+    };
+    let detector = match (&ctx.detection, detection_tap) {
+        (Some(detection), Some((_, announcements))) => {
+            let (watched, partitions) = (owned.clone(), ctx.queue.partitions.max(1));
+            let started = crate::detection::Detector::start(
+                crate::detection::DetectorParts {
+                    config: detection.config.clone(),
+                    store: ctx.store.clone(),
+                    pipeline: detection.pipeline.clone(),
+                    alerts: crate::detection::AlertDestination::Queue(detection.queue.clone()),
+                    logs: Some(Arc::new(move |log_id: &str| {
+                        watched.contains(&partition_of(log_id, partitions))
+                    })),
+                    runtime: tokio::runtime::Handle::current(),
+                    data_dir: detection.data_dir.clone(),
+                },
+                announcements,
+            );
+            match started {
+                Ok(detector) => Some(detector),
+                Err(e) => {
+                    tracing::error!(error = %e, "the detection thread could not start");
+                    None
+                }
+            }
+        }
+        _ => None,
     };
     let stop = Arc::new(watch::channel(false).0);
     let ctx = ctx.clone();
@@ -362,6 +431,11 @@ async fn take_partitions(
         let _ = stop_inner.send(true);
         while consumers.join_next().await.is_some() {}
         let _ = tokio::task::spawn_blocking(move || {
+            // The detector observes what was committed, hands its last alerts to the queue
+            // and saves its state before the partitions go.
+            if let Some(detector) = detector {
+                detector.stop();
+            }
             writer.join();
             if let Ok(lease) = Arc::try_unwrap(lease) {
                 lease.release();

@@ -82,6 +82,12 @@ fn config(dir: &Path) -> ServerConfig {
         crypto_secret: Some(Zeroizing::new(SECRET.to_owned())),
         // Searches wait for the index; be generous on a loaded machine.
         index_wait_ms: 60_000,
+        // These tests count the events of their fixtures, which the detection rules would
+        // join with alerts; detection is tested in tests/detection.rs.
+        detection: vellum_core::detect::DetectionConfig {
+            enabled: false,
+            ..vellum_core::detect::DetectionConfig::default()
+        },
         ..ServerConfig::default()
     }
 }

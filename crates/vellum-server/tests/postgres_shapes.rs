@@ -517,3 +517,144 @@ async fn a_single_postgres_node_is_the_one_writer() {
     server.shutdown().await.expect("shutdown");
     db.drop_now().await;
 }
+
+/// Detection and forwarding over the scale-out shape: the worker that writes a log runs the
+/// rules on its commits and queues the alerts; any API node lists them; of two API nodes with
+/// the same sink, only the one holding the forwarder lock forwards, and each event arrives
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scale_out_workers_raise_alerts_and_one_node_forwards() {
+    let Some((pg, redis)) = services(true) else {
+        return;
+    };
+    let db = Database::create(&pg).await;
+    let queue = format!("vt-{}", suffix());
+    let tmp = tempfile::tempdir().expect("tempdir");
+
+    // An RFC 6587 (octet-counting) receiver counting what arrives.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let sink_address = listener.local_addr().expect("addr").to_string();
+    let (tx, mut received) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+        while let Ok((socket, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(socket);
+                loop {
+                    let mut length = Vec::new();
+                    if reader.read_until(b' ', &mut length).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let text = String::from_utf8_lossy(&length[..length.len() - 1]).into_owned();
+                    let Ok(n) = text.parse::<usize>() else { return };
+                    let mut message = vec![0; n];
+                    if reader.read_exact(&mut message).await.is_err() {
+                        return;
+                    }
+                    let _ = tx.send(String::from_utf8_lossy(&message).into_owned());
+                }
+            });
+        }
+    });
+    let sinks: Vec<vellum_forward::SinkConfig> = serde_json::from_value(json!([
+        {"name": "soc", "type": "syslog", "transport": "tcp", "address": sink_address,
+         "filter": {"alertsOnly": true}, "retryInitialMs": 50, "retryMaxMs": 200}
+    ]))
+    .expect("sinks");
+
+    let (stop_worker, stop_rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(vellum_server::worker::run(
+        config(&tmp.path().join("w1"), &db.url, Some(&redis), &queue),
+        stop_rx,
+        None,
+    ));
+    let a1_dir = tmp.path().join("a1");
+    let mut c1 = config(&a1_dir, &db.url, Some(&redis), &queue);
+    c1.forward.sinks = sinks.clone();
+    let a1 = vellum_server::start(c1).await.expect("API node 1");
+    let mut c2 = config(&tmp.path().join("a2"), &db.url, Some(&redis), &queue);
+    c2.forward.sinks = sinks;
+    let a2 = vellum_server::start(c2).await.expect("API node 2");
+    let (u1, u2) = (base(&a1), base(&a2));
+    let key = admin_key(&a1_dir);
+    let client = reqwest::Client::new();
+
+    let failures: Vec<Value> = (0..6)
+        .map(|_| {
+            json!({"action": "auth.login.failure", "status": "failure", "principalId": "dr-mallory",
+                   "organizationId": "org-a", "sessionContext": {"ipAddress": "10.9.9.9"}})
+        })
+        .collect();
+    let (status, body) = call(
+        &client,
+        &u1,
+        &key,
+        Method::POST,
+        "/v1/events?wait=committed",
+        Some(&json!({"events": failures})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let alerts = loop {
+        let (status, page) = call(
+            &client,
+            &u2,
+            &key,
+            Method::GET,
+            "/v1/alerts?rule=failed_logins",
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let alerts = page["alerts"].as_array().cloned().unwrap_or_default();
+        if !alerts.is_empty() || Instant::now() > deadline {
+            break alerts;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["principalId"], "dr-mallory");
+    let alert_id = alerts[0]["id"].as_str().expect("id").to_owned();
+
+    // The alert reaches the sink once, from whichever node holds the forwarder lock.
+    let message = tokio::time::timeout(Duration::from_secs(60), received.recv())
+        .await
+        .expect("the alert is forwarded within 60 s")
+        .expect("receiver open");
+    assert!(message.contains(&alert_id), "{message}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(received.try_recv().is_err(), "forwarded twice");
+    let running: usize = [&u1, &u2]
+        .into_iter()
+        .map(|u| {
+            let client = client.clone();
+            let url = format!("{u}/readyz");
+            async move {
+                let ready: Value = client
+                    .get(url)
+                    .send()
+                    .await
+                    .expect("readyz")
+                    .json()
+                    .await
+                    .expect("json");
+                usize::from(ready["forwarding"].is_array())
+            }
+        })
+        .collect::<futures_util::future::JoinAll<_>>()
+        .await
+        .into_iter()
+        .sum();
+    assert_eq!(running, 1, "exactly one node runs the sinks");
+
+    a1.shutdown().await.expect("shutdown a1");
+    a2.shutdown().await.expect("shutdown a2");
+    let _ = stop_worker.send(true);
+    worker.await.expect("worker task").expect("worker");
+    db.drop_now().await;
+}

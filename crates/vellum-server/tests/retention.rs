@@ -63,6 +63,7 @@ impl Rig {
                 log_per_organization: false,
                 checkpoint_interval: Duration::from_millis(1),
                 partition: None,
+                commit_tap: None,
             },
         )
         .expect("writer");

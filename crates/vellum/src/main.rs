@@ -186,6 +186,7 @@ fn serve(config: vellum_server::ServerConfig) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        let signal = shutdown_signal();
         let mut server = vellum_server::start(config).await?;
         if let Some(path) = &server.admin_key_file {
             eprintln!(
@@ -200,7 +201,7 @@ fn serve(config: vellum_server::ServerConfig) -> anyhow::Result<ExitCode> {
         );
         let stop = server.take_stop();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            signal.await;
             tracing::info!("shutdown signal received; draining");
             if let Some(stop) = stop {
                 let _ = stop.send(());
@@ -212,24 +213,35 @@ fn serve(config: vellum_server::ServerConfig) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) async fn wait_for_signal() {
+/// Registers for SIGTERM and SIGINT at once and returns a future that completes on the first
+/// of them. Registering before the server starts matters: a signal that arrives once the port
+/// answers but before a lazily registered handler exists would take the default action and
+/// kill the process instead of draining it.
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+        let term = signal(SignalKind::terminate()).ok();
+        let interrupt = signal(SignalKind::interrupt()).ok();
+        async move {
+            match (term, interrupt) {
+                (Some(mut term), Some(mut interrupt)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                (Some(mut only), None) | (None, Some(mut only)) => {
+                    only.recv().await;
+                }
+                (None, None) => std::future::pending::<()>().await,
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

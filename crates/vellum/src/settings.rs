@@ -126,3 +126,75 @@ pub(crate) fn load(overrides: &Overrides) -> anyhow::Result<ServerConfig> {
     }
     Ok(config)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_toml(text: &str) -> anyhow::Result<ServerConfig> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("vellum.toml");
+        std::fs::write(&file, text)?;
+        load(&Overrides {
+            config_file: Some(file),
+            ..Overrides::default()
+        })
+    }
+
+    #[test]
+    fn detection_and_forwarding_come_from_vellum_toml() {
+        let config = load_toml(
+            r#"
+[detection]
+cooldownSecs = 60
+
+[detection.failedLogins]
+threshold = 10
+
+[detection.offHours]
+start = "07:00"
+end = "19:00"
+utcOffset = "-03:00"
+
+[[forward.sinks]]
+name = "siem"
+type = "syslog"
+transport = "tcp"
+address = "127.0.0.1:6514"
+
+[[forward.sinks]]
+name = "soc-alerts"
+type = "webhook"
+url = "https://soc.example/hooks/vellum"
+secretEnv = "VELLUM_SOC_SECRET"
+filter = { alertsOnly = true }
+"#,
+        )
+        .expect("loads");
+        assert_eq!(config.detection.failed_logins.threshold, 10);
+        assert_eq!(config.detection.cooldown_secs, 60);
+        assert!(config.detection.validate().is_ok());
+        // Unset settings keep their defaults.
+        assert_eq!(config.detection.phi_volume.threshold, 50);
+        let names: Vec<&str> = config
+            .forward
+            .sinks
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(names, ["siem", "soc-alerts"]);
+        assert!(config.forward.sinks[1].filter.alerts_only);
+        assert!(vellum_forward::validate_sinks(&config.forward.sinks).is_ok());
+    }
+
+    #[test]
+    fn a_misspelt_detection_or_sink_key_is_refused() {
+        let err = load_toml("[detection.failedLogins]\nthreshhold = 3\n").expect_err("typo");
+        assert!(err.to_string().contains("threshhold"), "{err}");
+        let err = load_toml(
+            "[[forward.sinks]]\nname = \"x\"\ntype = \"syslog\"\ntransport = \"tcp\"\naddress = \"h:1\"\nadress = \"h:2\"\n",
+        )
+        .expect_err("typo");
+        assert!(err.to_string().contains("adress"), "{err}");
+    }
+}

@@ -60,8 +60,9 @@ pub(crate) fn run_worker(config: ServerConfig, args: &WorkerArgs) -> anyhow::Res
     }
     runtime()?.block_on(async move {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let signal = crate::shutdown_signal();
         tokio::spawn(async move {
-            crate::wait_for_signal().await;
+            signal.await;
             tracing::info!("shutdown signal received; handing partitions over");
             let _ = stop_tx.send(true);
         });

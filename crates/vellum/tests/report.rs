@@ -37,6 +37,7 @@ fn fixture() -> Vec<Value> {
 fn hipaa_report_matches_the_fixture_and_its_signature_holds() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
+    common::without_detection(tmp.path());
     let server = Server::start(&data);
     let rt = common::runtime();
     let acks = rt.block_on(common::post_batch(
@@ -258,6 +259,7 @@ fn hipaa_report_matches_the_fixture_and_its_signature_holds() {
 fn stats_count_the_fixture() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
+    common::without_detection(tmp.path());
     let server = Server::start(&data);
     let rt = common::runtime();
     let mut events = Vec::new();

@@ -369,3 +369,15 @@ pub(crate) async fn post_batch(
     assert_eq!(accepted.len(), n, "not every event accepted: {body}");
     accepted.iter().map(Ack::from_json).collect()
 }
+
+/// Writes a `vellum.toml` turning the detection rules off into `dir`, the working directory of
+/// servers started by [`Server::start`] for a data directory inside it. For tests that count
+/// the events of a fixture: the rules would append alerts (break-glass, off-hours PHI access,
+/// …) beside them. Detection itself is tested in vellum-server's `tests/detection.rs`.
+pub(crate) fn without_detection(dir: &Path) {
+    std::fs::write(
+        dir.join("vellum.toml"),
+        "# The rules would append alerts to the fixture's log.\n[detection]\nenabled = false\n",
+    )
+    .expect("writing vellum.toml");
+}
