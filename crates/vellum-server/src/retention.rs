@@ -366,7 +366,14 @@ pub async fn put_policies(
     )
     .await?;
     let Json(policies) = body.map_err(|e| ApiError::bad_request("", e.body_text()))?;
-    replace_policies(&state, &principal, peer, "/v1/retention/policies", &policies).await?;
+    replace_policies(
+        &state,
+        &principal,
+        peer,
+        "/v1/retention/policies",
+        &policies,
+    )
+    .await?;
     Ok(Json(policies).into_response())
 }
 

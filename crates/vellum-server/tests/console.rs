@@ -37,7 +37,11 @@ impl Browser {
             .send()
             .await
             .expect("GET");
-        (r.status(), r.headers().clone(), r.text().await.expect("body"))
+        (
+            r.status(),
+            r.headers().clone(),
+            r.text().await.expect("body"),
+        )
     }
 
     async fn get_bytes(&self, path: &str) -> (StatusCode, HeaderMap, Vec<u8>) {
@@ -166,9 +170,16 @@ async fn sign_in_sessions_and_csrf() {
     let other = Browser::new(&fixture.base);
     let foreign = other.token("/console/signin").await;
     let (status, _, _) = browser
-        .post_same_origin("/console/signin", &[("csrf", &foreign), ("apiKey", &reader)])
+        .post_same_origin(
+            "/console/signin",
+            &[("csrf", &foreign), ("apiKey", &reader)],
+        )
         .await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "a token from another browser");
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "a token from another browser"
+    );
     let own = browser.token("/console/signin").await;
     let (status, _, _) = browser
         .post(
@@ -193,17 +204,26 @@ async fn sign_in_sessions_and_csrf() {
         assert!(cookie.contains(flag), "{cookie} lacks {flag}");
     }
     assert!(!cookie.contains("Secure"), "plain HTTP: no Secure flag");
-    let id = cookie["vellum_session=".len()..].split(';').next().expect("id");
+    let id = cookie["vellum_session=".len()..]
+        .split(';')
+        .next()
+        .expect("id");
     assert_eq!(id.len(), 43, "a 256-bit random id");
     assert!(!cookie.contains(&reader) && !cookie.contains(&reader[4..20]));
 
     let (status, headers, page) = browser.get("/console/dashboard").await;
     assert_eq!(status, StatusCode::OK, "{page}");
     assert_hardened(&headers, "dashboard");
-    assert!(page.contains(&reader_id), "the page names the signed-in key");
+    assert!(
+        page.contains(&reader_id),
+        "the page names the signed-in key"
+    );
     assert!(!page.contains(&reader), "the key itself never appears");
     assert!(page.contains("<svg"), "charts are inline SVG");
-    assert!(!page.contains("style=\""), "no inline style attributes (CSP)");
+    assert!(
+        !page.contains("style=\""),
+        "no inline style attributes (CSP)"
+    );
     assert!(!page.contains("<script>"), "no inline script (CSP)");
 
     // Every form needs this session's token, from this origin.
@@ -253,7 +273,11 @@ async fn sign_in_sessions_and_csrf() {
         .reads_by(&reader_id)
         .await
         .iter()
-        .filter_map(|e| e["technicalContext"]["endpoint"].as_str().map(str::to_owned))
+        .filter_map(|e| {
+            e["technicalContext"]["endpoint"]
+                .as_str()
+                .map(str::to_owned)
+        })
         .collect();
     for endpoint in ["/console/dashboard", "/console/search"] {
         assert!(
@@ -272,7 +296,12 @@ async fn sign_in_sessions_and_csrf() {
         .expect("stylesheet link");
     let (status, headers, _) = browser.get(&css).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(headers["cache-control"].to_str().expect("cc").contains("max-age=31536000"));
+    assert!(
+        headers["cache-control"]
+            .to_str()
+            .expect("cc")
+            .contains("max-age=31536000")
+    );
     assert_hardened(&headers, "stylesheet");
 
     // Sign-out needs the token too, then ends the session for good.
@@ -354,10 +383,7 @@ async fn roles_organizations_and_escaping() {
     }
     let token = browser.token("/console/search").await;
     let (status, _, _) = browser
-        .post_same_origin(
-            "/console/keys",
-            &[("csrf", &token), ("role", "admin")],
-        )
+        .post_same_origin("/console/keys", &[("csrf", &token), ("role", "admin")])
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "a reader cannot create keys");
     let denied = fixture
@@ -400,9 +426,16 @@ async fn roles_organizations_and_escaping() {
     let (status, _, _) = bound
         .get(&format!("/console/events/{}", fixture.events["b"]))
         .await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "another organization's event");
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "another organization's event"
+    );
     let (_, _, page) = bound.get("/console/dashboard").await;
-    assert!(!page.contains("clerk-bob"), "org-b's principal in the top list");
+    assert!(
+        !page.contains("clerk-bob"),
+        "org-b's principal in the top list"
+    );
     // An unbound reader sees both.
     let (_, _, page) = browser.get("/console/search?range=all").await;
     assert!(page.contains("billing.invoice.read") && page.contains("patient.record.read"));
@@ -434,7 +467,12 @@ async fn roles_organizations_and_escaping() {
         .get_bytes("/console/export?format=csv&action=patient.record.read")
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert!(headers["content-type"].to_str().expect("ct").starts_with("text/csv"));
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .expect("ct")
+            .starts_with("text/csv")
+    );
     let csv = String::from_utf8(csv).expect("utf-8");
     assert!(csv.contains(a.as_str()) && !csv.contains("billing.invoice.read"));
 
@@ -445,12 +483,18 @@ async fn roles_organizations_and_escaping() {
     let (status, _, page) = admin
         .post_same_origin(
             "/console/keys",
-            &[("csrf", &token), ("role", "reader"), ("name", "made in the console")],
+            &[
+                ("csrf", &token),
+                ("role", "reader"),
+                ("name", "made in the console"),
+            ],
         )
         .await;
     assert_eq!(status, StatusCode::OK);
     let page = String::from_utf8(page).expect("utf-8");
-    let at = page.find(r#"id="created-key">"#).expect("the new key is shown");
+    let at = page
+        .find(r#"id="created-key">"#)
+        .expect("the new key is shown");
     let rest = &page[at + r#"id="created-key">"#.len()..];
     let secret = &rest[..rest.find('<').expect("end")];
     assert!(secret.starts_with("vlm_"));

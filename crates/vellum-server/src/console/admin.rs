@@ -89,9 +89,14 @@ pub async fn create_key(
         organization_id: form.owned("organizationId"),
         name: form.owned("name"),
     };
-    let created =
-        crate::keys::create(&state, &signed.principal, signed.peer, "/console/keys", request)
-            .await?;
+    let created = crate::keys::create(
+        &state,
+        &signed.principal,
+        signed.peer,
+        "/console/keys",
+        request,
+    )
+    .await?;
     let view = CreatedView {
         id: created.info.id.clone(),
         secret: Zeroizing::new(created.key),

@@ -242,7 +242,12 @@ mod tests {
         for s in &chart.segments {
             let y: f64 = s.y.parse().expect("y");
             let h: f64 = s.h.parse().expect("h");
-            assert!(y >= TOP - 0.1 && y + h <= HEIGHT - BOTTOM + 0.1, "{} {}", s.y, s.h);
+            assert!(
+                y >= TOP - 0.1 && y + h <= HEIGHT - BOTTOM + 0.1,
+                "{} {}",
+                s.y,
+                s.h
+            );
         }
         assert_eq!(chart.legend[0].total, (0..24).sum::<u64>());
         assert_eq!(chart.rows[23].1, vec![23, 1]);

@@ -27,23 +27,25 @@ pub fn tokens_match(expected: &str, given: Option<&str>) -> bool {
 }
 
 /// Whether a request comes from the console's own origin, as far as the browser says: the
-/// `Origin` header must be `<scheme>://<Host>` when present (`null`, sent by sandboxed and
-/// privacy-sensitive contexts, is refused); without one, `Sec-Fetch-Site` must not be
-/// `cross-site` or `same-site`. A request with neither (old browsers, non-browser clients)
-/// passes here and still needs the token.
+/// `Origin` header must be `<scheme>://<Host>` when present. Browsers send `Origin: null` on a
+/// form POST from a page served with `Referrer-Policy: no-referrer` (as every console page
+/// is), so `null` is accepted only together with `Sec-Fetch-Site: same-origin`. Without an
+/// `Origin`, `Sec-Fetch-Site` must not be `cross-site` or `same-site`. A request with neither
+/// header (old browsers, non-browser clients) passes here and still needs the token.
 pub fn same_origin(headers: &HeaderMap, tls: bool) -> bool {
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
     if let Some(origin) = headers.get(header::ORIGIN) {
         let Ok(origin) = origin.to_str() else {
             return false;
         };
+        if origin == "null" {
+            return fetch_site == Some("same-origin");
+        }
         let scheme = if tls { "https" } else { "http" };
         return host.is_some_and(|h| origin.eq_ignore_ascii_case(&format!("{scheme}://{h}")));
     }
-    !matches!(
-        headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()),
-        Some("cross-site" | "same-site")
-    )
+    !matches!(fetch_site, Some("cross-site" | "same-site"))
 }
 
 #[cfg(test)]
@@ -70,19 +72,47 @@ mod tests {
             token,
             Some("tok_0123456789abcdefghijklmnopqrstuvwxyzABCE")
         ));
-        assert!(!tokens_match("", Some("")), "no expected token: nothing matches");
+        assert!(
+            !tokens_match("", Some("")),
+            "no expected token: nothing matches"
+        );
     }
 
     #[test]
     fn origin_must_be_this_server() {
-        let ok = headers(&[("host", "127.0.0.1:7870"), ("origin", "http://127.0.0.1:7870")]);
+        let ok = headers(&[
+            ("host", "127.0.0.1:7870"),
+            ("origin", "http://127.0.0.1:7870"),
+        ]);
         assert!(same_origin(&ok, false));
-        assert!(!same_origin(&ok, true), "TLS server: the origin must be https");
-        let evil = headers(&[("host", "127.0.0.1:7870"), ("origin", "http://evil.example")]);
+        assert!(
+            !same_origin(&ok, true),
+            "TLS server: the origin must be https"
+        );
+        let evil = headers(&[
+            ("host", "127.0.0.1:7870"),
+            ("origin", "http://evil.example"),
+        ]);
         assert!(!same_origin(&evil, false));
         let null = headers(&[("host", "127.0.0.1:7870"), ("origin", "null")]);
         assert!(!same_origin(&null, false));
-        let other_port = headers(&[("host", "127.0.0.1:7870"), ("origin", "http://127.0.0.1:7871")]);
+        // What a browser sends for a form on a no-referrer page of this origin.
+        let own_null = headers(&[
+            ("host", "127.0.0.1:7870"),
+            ("origin", "null"),
+            ("sec-fetch-site", "same-origin"),
+        ]);
+        assert!(same_origin(&own_null, false));
+        let sandboxed = headers(&[
+            ("host", "127.0.0.1:7870"),
+            ("origin", "null"),
+            ("sec-fetch-site", "cross-site"),
+        ]);
+        assert!(!same_origin(&sandboxed, false));
+        let other_port = headers(&[
+            ("host", "127.0.0.1:7870"),
+            ("origin", "http://127.0.0.1:7871"),
+        ]);
         assert!(!same_origin(&other_port, false));
     }
 

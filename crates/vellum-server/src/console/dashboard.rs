@@ -179,7 +179,12 @@ fn bucket_label(start: i64, bucket: TimeBucket) -> String {
     let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(start) * 1000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     match bucket {
-        TimeBucket::Hour => format!("{:02}-{:02} {:02}h", u8::from(at.month()), at.day(), at.hour()),
+        TimeBucket::Hour => format!(
+            "{:02}-{:02} {:02}h",
+            u8::from(at.month()),
+            at.day(),
+            at.hour()
+        ),
         TimeBucket::Day => format!("{}-{:02}-{:02}", at.year(), u8::from(at.month()), at.day()),
     }
 }
@@ -187,12 +192,7 @@ fn bucket_label(start: i64, bucket: TimeBucket) -> String {
 fn series_of(starts: &[i64], by_time: &[(i64, u64)]) -> Vec<u64> {
     starts
         .iter()
-        .map(|s| {
-            by_time
-                .iter()
-                .find(|(t, _)| t == s)
-                .map_or(0, |(_, n)| *n)
-        })
+        .map(|s| by_time.iter().find(|(t, _)| t == s).map_or(0, |(_, n)| *n))
         .collect()
 }
 
@@ -367,12 +367,7 @@ async fn verify_view(state: &AppState, signed: &Signed) -> Result<VerifyView, Co
         match job.as_ref() {
             Some(j) if !j.done.load(Ordering::Acquire) => {
                 let mine = j.scope == scope;
-                (
-                    mine,
-                    !mine,
-                    j.checked.load(Ordering::Relaxed),
-                    j.total,
-                )
+                (mine, !mine, j.checked.load(Ordering::Relaxed), j.total)
             }
             _ => (false, false, 0, 0),
         }
@@ -496,7 +491,11 @@ pub async fn start_verify(
                 summary.checkpoints_verified += report.checkpoints_verified;
                 for l in &report.logs {
                     summary.failures += l.failures.len() as u64;
-                    for f in l.failures.iter().take(10 - summary.first_failures.len().min(10)) {
+                    for f in l
+                        .failures
+                        .iter()
+                        .take(10 - summary.first_failures.len().min(10))
+                    {
                         summary.first_failures.push(format!(
                             "log {}: {}",
                             l.log_id,

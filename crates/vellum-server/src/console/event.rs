@@ -70,9 +70,19 @@ pub fn verify_event(
     };
     let mut verifier = ChainVerifier::new(log, keyring).require_signatures(require_signatures);
     if let Some(prev) = &previous {
-        verifier.check(prev.seq, &prev.canonical, &prev.hash, prev.signature.as_deref());
+        verifier.check(
+            prev.seq,
+            &prev.canonical,
+            &prev.hash,
+            prev.signature.as_deref(),
+        );
     }
-    verifier.check(seq, &event.canonical, &event.hash, event.signature.as_deref());
+    verifier.check(
+        seq,
+        &event.canonical,
+        &event.hash,
+        event.signature.as_deref(),
+    );
     let failures: Vec<&Failure> = verifier
         .failures()
         .iter()
@@ -102,7 +112,9 @@ pub fn verify_event(
     });
     match (keyring, signature_failure, &event.signature) {
         (_, Some(f), _) => checks.push(check("HMAC signature", "fail", describe(f))),
-        (None, None, _) => checks.push(check("HMAC signature", "skip", "no keyring on this server")),
+        (None, None, _) => {
+            checks.push(check("HMAC signature", "skip", "no keyring on this server"))
+        }
         (Some(_), None, None) => checks.push(check(
             "HMAC signature",
             "skip",
@@ -163,8 +175,7 @@ pub fn verify_event(
             ),
             Ok(body) => {
                 let stored: Option<[u8; 32]> = event.hash.as_slice().try_into().ok();
-                let proof =
-                    crate::proofs::inclusion_from_store(store, log, seq, cp.tree_size);
+                let proof = crate::proofs::inclusion_from_store(store, log, seq, cp.tree_size);
                 match (stored, proof) {
                     (Some(hash), Ok(proof)) => match verify_inclusion(
                         seq,

@@ -45,8 +45,10 @@ use std::time::Instant;
 
 /// The Content-Security-Policy of every console response: only this origin's script and
 /// style files (no inline code or style attributes), images from this origin or `data:`, forms
-/// posting only here, never framed, no `<base>` rewriting.
-pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+/// posting only here, never framed, no `<base>` rewriting; the script may fetch from this
+/// origin only (`connect-src 'self'`: the verification progress it polls; without it
+/// `default-src 'none'` blocks that request).
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// Sign-in attempts allowed per client IP per minute (a burst of this many, refilled evenly).
 pub const SIGNIN_PER_MINUTE: u32 = 10;
@@ -121,7 +123,10 @@ pub fn router() -> Router<AppState> {
         .route("/console/search/delete", post(search::delete))
         .route("/console/events/{id}", get(event::page))
         .route("/console/export", get(reports::export))
-        .route("/console/reports", get(reports::page).post(reports::generate))
+        .route(
+            "/console/reports",
+            get(reports::page).post(reports::generate),
+        )
         .route("/console/reports/disclosures", get(reports::disclosures))
         .route(
             "/console/keys",

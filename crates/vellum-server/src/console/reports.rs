@@ -155,7 +155,10 @@ pub async fn export(
         if value.trim().is_empty() {
             continue;
         }
-        if params.insert(name.clone(), value.trim().to_owned()).is_some() {
+        if params
+            .insert(name.clone(), value.trim().to_owned())
+            .is_some()
+        {
             return Err(ConsoleError::bad_request(format!(
                 "{name} is given more than once"
             )));

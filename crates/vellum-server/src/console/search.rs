@@ -34,7 +34,11 @@ const MAX_BACK: usize = 200;
 pub const TEXT_FILTERS: &[(&str, &str, &str)] = &[
     ("q", "Full text", "words anywhere in the event"),
     ("principalId", "Principal", "exact id"),
-    ("action", "Action", "exact, or a prefix with a trailing * (auth.*)"),
+    (
+        "action",
+        "Action",
+        "exact, or a prefix with a trailing * (auth.*)",
+    ),
     ("organizationId", "Organization", "exact id"),
     ("targetResourceType", "Target type", "e.g. Patient"),
     ("targetResourceId", "Target id", "exact id"),
@@ -137,11 +141,13 @@ struct SearchPage {
 /// The form's parameters that describe the search (not the paging).
 fn search_params(form: &Form) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for name in TEXT_FILTERS
-        .iter()
-        .map(|f| f.0)
-        .chain(["status", "dataClassification", "range", "from", "to"])
-    {
+    for name in TEXT_FILTERS.iter().map(|f| f.0).chain([
+        "status",
+        "dataClassification",
+        "range",
+        "from",
+        "to",
+    ]) {
         if let Some(v) = form.get(name) {
             out.push((name.to_owned(), v.to_owned()));
         }
@@ -276,7 +282,14 @@ pub async fn page(
     QueryForm(form): QueryForm,
 ) -> Result<Response, ConsoleError> {
     let principal = &signed.principal;
-    require_read(&state, principal, signed.peer, "/console/search", Role::Reader).await?;
+    require_read(
+        &state,
+        principal,
+        signed.peer,
+        "/console/search",
+        Role::Reader,
+    )
+    .await?;
     let range = form.get("range").unwrap_or("24h");
     let mut page = SearchPage {
         nav: signed.nav("search"),
@@ -379,10 +392,8 @@ pub async fn page(
     // Paging links keep the search and move the cursor; `back` remembers earlier pages.
     let base = page.current_query.clone();
     let link = |cursor: Option<&str>, back: &str| {
-        let mut pairs: Vec<(&str, &str)> = base
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
+        let mut pairs: Vec<(&str, &str)> =
+            base.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
         if let Some(c) = cursor {
             pairs.push(("cursor", c));
         }
@@ -495,17 +506,28 @@ mod tests {
             now,
         )
         .expect("params");
-        assert_eq!(p.get("from").map(String::as_str), Some("2026-03-01T11:00:00.000000Z"));
+        assert_eq!(
+            p.get("from").map(String::as_str),
+            Some("2026-03-01T11:00:00.000000Z")
+        );
         assert_eq!(p.get("action").map(String::as_str), Some("auth.*"));
         assert!(!p.contains_key("principalId"));
         let custom = api_params(
-            &form(&[("range", "custom"), ("from", "2026-01-01T00:00"), ("to", "2026-02-01T00:00")]),
+            &form(&[
+                ("range", "custom"),
+                ("from", "2026-01-01T00:00"),
+                ("to", "2026-02-01T00:00"),
+            ]),
             now,
         )
         .expect("custom");
         assert_eq!(custom["from"], "2026-01-01T00:00:00Z");
         assert_eq!(custom["to"], "2026-02-01T00:00:00Z");
-        assert!(api_params(&form(&[("range", "all")]), now).expect("all").is_empty());
+        assert!(
+            api_params(&form(&[("range", "all")]), now)
+                .expect("all")
+                .is_empty()
+        );
         assert!(api_params(&form(&[("range", "forever")]), now).is_err());
         // The API's own parser accepts what the console builds.
         parse_search(&custom).expect("the API parses it");

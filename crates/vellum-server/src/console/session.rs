@@ -194,11 +194,18 @@ mod tests {
         // Used at 29 minutes: still alive, and the idle clock restarts.
         let at29 = t0 + Duration::from_secs(29 * 60);
         assert!(store.touch(&id, at29).is_some());
-        assert!(store.touch(&id, at29 + Duration::from_secs(29 * 60)).is_some());
+        assert!(
+            store
+                .touch(&id, at29 + Duration::from_secs(29 * 60))
+                .is_some()
+        );
         // Then 30 minutes of silence ends it, and it stays ended.
         let idle = at29 + Duration::from_secs(29 * 60) + IDLE_TIMEOUT;
         assert!(store.touch(&id, idle).is_none());
-        assert!(store.touch(&id, at29).is_none(), "an expired session is dropped");
+        assert!(
+            store.touch(&id, at29).is_none(),
+            "an expired session is dropped"
+        );
         assert!(store.is_empty());
     }
 

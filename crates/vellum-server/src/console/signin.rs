@@ -144,7 +144,10 @@ pub async fn signin(
     let principal = match looked_up {
         Ok(p) => p,
         Err(e) if e.status == StatusCode::UNAUTHORIZED => {
-            return refuse("unknown_key", "That API key is not valid (unknown or revoked).");
+            return refuse(
+                "unknown_key",
+                "That API key is not valid (unknown or revoked).",
+            );
         }
         Err(e) => return Err(e.into()),
     };

@@ -32,7 +32,9 @@ impl Fixture {
         let config = ServerConfig {
             listen: "127.0.0.1:0".parse().expect("address"),
             data_dir: dir.path().to_path_buf(),
-            crypto_secret: Some(Zeroizing::new("console-test-secret-0123456789abcdef".into())),
+            crypto_secret: Some(Zeroizing::new(
+                "console-test-secret-0123456789abcdef".into(),
+            )),
             index_wait_ms: 60_000,
             ..ServerConfig::default()
         };
