@@ -476,6 +476,19 @@ async fn roles_organizations_and_escaping() {
     let csv = String::from_utf8(csv).expect("utf-8");
     assert!(csv.contains(a.as_str()) && !csv.contains("billing.invoice.read"));
 
+    let (status, headers, body) = auditor
+        .get("/console/reports/disclosures?patientId=p-1&from=2020-01-01&format=json")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        headers["content-disposition"]
+            .to_str()
+            .expect("cd")
+            .contains("attachment")
+    );
+    let disclosures: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(disclosures["count"], 1, "{disclosures}");
+
     // The admin creates a key and sees its secret once; the key works.
     let admin = Browser::new(&fixture.base);
     assert_eq!(admin.sign_in(&fixture.admin).await.0, StatusCode::SEE_OTHER);
@@ -510,5 +523,68 @@ async fn roles_organizations_and_escaping() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
+    fixture.stop().await;
+}
+
+/// An `href` of the page whose `rel` is `rel`, unescaped.
+fn link(page: &str, rel: &str) -> Option<String> {
+    let marker = format!(r#"" rel="{rel}""#);
+    let end = page.find(&marker)?;
+    let start = page[..end].rfind("href=\"")? + "href=\"".len();
+    Some(page[start..end].replace("&#38;", "&").replace("&amp;", "&"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_pages_forward_and_back() {
+    let fixture = Fixture::start().await;
+    let events: Vec<serde_json::Value> = (0..60)
+        .map(|i| {
+            serde_json::json!({
+                "action": "bulk.op", "status": "success", "principalId": format!("svc-{i:02}"),
+                "targetResourceType": "Thing", "targetResourceId": format!("t-{i}"),
+            })
+        })
+        .collect();
+    let (status, body) = common::call(
+        &fixture.client,
+        &fixture.base,
+        &fixture.admin,
+        reqwest::Method::POST,
+        "/v1/events",
+        Some(&serde_json::json!({ "events": events })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let browser = Browser::new(&fixture.base);
+    assert_eq!(
+        browser.sign_in(&fixture.keys["reader"].1).await.0,
+        StatusCode::SEE_OTHER
+    );
+    let rows = |page: &str| page.matches("<td><a href=\"/console/events/").count();
+    let (_, _, first) = browser
+        .get("/console/search?range=all&action=bulk.op")
+        .await;
+    assert_eq!(rows(&first), 50);
+    assert!(
+        link(&first, "prev").is_none(),
+        "no way back from the first page"
+    );
+    let next = link(&first, "next").expect("a next page");
+    let (status, _, second) = browser.get(&next).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert_eq!(rows(&second), 10);
+    assert!(link(&second, "next").is_none(), "the last page");
+    assert!(
+        second.contains("svc-00") && !first.contains("svc-00"),
+        "oldest last"
+    );
+    let back = link(&second, "prev").expect("a way back");
+    let (_, _, again) = browser.get(&back).await;
+    assert_eq!(rows(&again), 50);
+    assert!(
+        again.contains("svc-59") && !again.contains("svc-00"),
+        "the first page again"
+    );
+    assert!(link(&again, "prev").is_none());
     fixture.stop().await;
 }

@@ -525,6 +525,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sign_in_attempts_are_limited_per_address() {
+        let console = ConsoleState::default();
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        for _ in 0..SIGNIN_PER_MINUTE {
+            assert!(console.signin_allowed(a).is_ok());
+        }
+        let wait = console.signin_allowed(a).expect_err("over the limit");
+        assert!((1..=60).contains(&wait), "{wait}");
+        assert!(
+            console.signin_allowed(b).is_ok(),
+            "another address has its own budget"
+        );
+    }
+
+    #[test]
     fn query_strings_are_percent_encoded() {
         assert_eq!(
             query_string([("q", "a b&c=d/é"), ("action", "auth.*")]),
