@@ -60,9 +60,22 @@ pub async fn get_export(
     State(state): State<AppState>,
     Auth(principal): Auth,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Params(mut params): Params,
+    Params(params): Params,
 ) -> Result<Response, ApiError> {
     require_read(&state, &principal, peer, "/v1/export", Role::Auditor).await?;
+    export_response(&state, &principal, peer, "/v1/export", params).await
+}
+
+/// Streams the export `params` ask for (`format` and the search filters), scoped to
+/// `principal` (whose auditor role the caller has checked) and recorded as a read at
+/// `endpoint`; shared by `GET /v1/export` and the console.
+pub(crate) async fn export_response(
+    state: &AppState,
+    principal: &crate::auth::Principal,
+    peer: SocketAddr,
+    endpoint: &str,
+    mut params: std::collections::BTreeMap<String, String>,
+) -> Result<Response, ApiError> {
     let format = match params.remove("format").as_deref() {
         None => return Err(ApiError::bad_request("format", "is required")),
         Some(name) => ExportFormat::parse(name).ok_or_else(|| {
@@ -73,13 +86,13 @@ pub async fn get_export(
         })?,
     };
     let mut query = parse_search(&params)?;
-    scope_query(&principal, &mut query)?;
+    scope_query(principal, &mut query)?;
     tokio::task::block_in_place(|| crate::subjects::translate_filter(&state.subjects, &mut query))?;
     record_read(
-        &state,
-        &principal,
+        state,
+        principal,
         peer,
-        "/v1/export",
+        endpoint,
         None,
         json!({"format": format.name(), "query": crate::subjects::scrub_params(&params)}),
     )

@@ -207,6 +207,20 @@ pub async fn create_key(
 ) -> Result<Response, ApiError> {
     require_read(&state, &principal, peer, "/v1/api-keys", Role::Admin).await?;
     let Json(request) = body.map_err(|e| ApiError::bad_request("", e.body_text()))?;
+    let body = create(&state, &principal, peer, "/v1/api-keys", request).await?;
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// Creates a key for `principal` (whose admin role the caller has checked), recording the
+/// change with `endpoint`: shared by `POST /v1/api-keys` and the console, so both bind an
+/// org-bound admin's keys to its organization and audit the same way.
+pub(crate) async fn create(
+    state: &AppState,
+    principal: &Principal,
+    peer: SocketAddr,
+    endpoint: &str,
+    request: CreateKeyRequest,
+) -> Result<CreatedKey, ApiError> {
     let organization_id = match (&principal.organization_id, request.organization_id) {
         (Some(own), Some(asked)) if *own != asked => {
             return Err(ApiError::forbidden(format!(
@@ -219,7 +233,7 @@ pub async fn create_key(
     let (record, secret) = new_key(&request.role, organization_id, request.name)?;
     let event = key_change_event(
         "apikey.create",
-        &Actor::http(&principal, peer, "/v1/api-keys"),
+        &Actor::http(principal, peer, endpoint),
         &record,
     );
     let audit = vec![audit_json(&event)?];
@@ -228,12 +242,11 @@ pub async fn create_key(
     tokio::task::spawn_blocking(move || store.insert_api_key(&stored, &audit))
         .await
         .map_err(|e| ApiError::internal(&e))??;
-    crate::outbox::settle(&state).await;
-    let body = CreatedKey {
+    crate::outbox::settle(state).await;
+    Ok(CreatedKey {
         info: KeyInfo::from(&record),
         key: secret.to_string(),
-    };
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    })
 }
 
 /// Lists API keys (admin; an org-bound admin sees its organization's keys).
@@ -255,6 +268,18 @@ pub async fn list_keys(
             "GET /v1/api-keys takes no parameters",
         ));
     }
+    let keys = list(&state, &principal, peer, "/v1/api-keys").await?;
+    Ok(Json(json!({ "keys": keys })).into_response())
+}
+
+/// The keys `principal` administers (an org-bound admin: its organization's), the listing
+/// recorded as a read at `endpoint`; shared by `GET /v1/api-keys` and the console.
+pub(crate) async fn list(
+    state: &AppState,
+    principal: &Principal,
+    peer: SocketAddr,
+    endpoint: &str,
+) -> Result<Vec<KeyInfo>, ApiError> {
     let store = state.store.clone();
     let keys = tokio::task::spawn_blocking(move || store.list_api_keys())
         .await
@@ -267,15 +292,15 @@ pub async fn list_keys(
         .map(KeyInfo::from)
         .collect();
     record_read(
-        &state,
-        &principal,
+        state,
+        principal,
         peer,
-        "/v1/api-keys",
+        endpoint,
         None,
         json!({"keys": keys.len()}),
     )
     .await?;
-    Ok(Json(json!({ "keys": keys })).into_response())
+    Ok(keys)
 }
 
 /// Revokes an API key (admin). Takes effect on every node within the authentication cache's
@@ -293,6 +318,19 @@ pub async fn revoke_key(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     require_read(&state, &principal, peer, "/v1/api-keys/{id}", Role::Admin).await?;
+    let info = revoke(&state, &principal, peer, "/v1/api-keys/{id}", &id).await?;
+    Ok(Json(info).into_response())
+}
+
+/// Revokes key `id` if `principal` administers it (404 otherwise, 409 when already revoked),
+/// recording the change with `endpoint`; shared by `DELETE /v1/api-keys/{id}` and the console.
+pub(crate) async fn revoke(
+    state: &AppState,
+    principal: &Principal,
+    peer: SocketAddr,
+    endpoint: &str,
+    id: &str,
+) -> Result<KeyInfo, ApiError> {
     let store = state.store.clone();
     let keys = tokio::task::spawn_blocking(move || store.list_api_keys())
         .await
@@ -313,7 +351,7 @@ pub async fn revoke_key(
     record.revoked_at = Some(at.clone());
     let event = key_change_event(
         "apikey.revoke",
-        &Actor::http(&principal, peer, "/v1/api-keys/{id}"),
+        &Actor::http(principal, peer, endpoint),
         &record,
     );
     let audit = vec![audit_json(&event)?];
@@ -328,6 +366,6 @@ pub async fn revoke_key(
         )));
     }
     state.auth.invalidate();
-    crate::outbox::settle(&state).await;
-    Ok(Json(KeyInfo::from(&record)).into_response())
+    crate::outbox::settle(state).await;
+    Ok(KeyInfo::from(&record))
 }

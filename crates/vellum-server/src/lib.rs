@@ -13,6 +13,7 @@ pub mod api;
 pub mod auth;
 pub mod bootstrap;
 pub mod config;
+pub mod console;
 pub mod detection;
 pub mod error;
 pub mod export;
@@ -261,6 +262,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics_text))
         .route("/openapi.json", get(openapi_json))
+        .merge(console::router())
         .route_layer(middleware::from_fn_with_state(state.clone(), track_latency))
         // Unknown routes and methods answer in the SPEC §5 error format too.
         .fallback(|| async { error::ApiError::not_found("no such route") })

@@ -114,6 +114,18 @@ pub async fn post_report(
     require_read(&state, &principal, peer, "/v1/reports", Role::Auditor).await?;
     let request: ReportRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("", e.to_string()))?;
+    report_response(&state, &principal, peer, "/v1/reports", &request).await
+}
+
+/// Generates, records (as a read at `endpoint`) and renders a signed report for `principal`,
+/// whose auditor role the caller has checked; shared by `POST /v1/reports` and the console.
+pub(crate) async fn report_response(
+    state: &AppState,
+    principal: &Principal,
+    peer: SocketAddr,
+    endpoint: &str,
+    request: &ReportRequest,
+) -> Result<Response, ApiError> {
     let report_type = ReportType::parse(&request.report_type).ok_or_else(|| {
         ApiError::bad_request("type", "must be one of HIPAA, GDPR, LGPD, SOX, GENERAL")
     })?;
@@ -125,17 +137,17 @@ pub async fn post_report(
         to_micros: Some(to),
         ..SearchQuery::default()
     };
-    scope_query(&principal, &mut query)?;
+    scope_query(principal, &mut query)?;
     record_read(
-        &state,
-        &principal,
+        state,
+        principal,
         peer,
-        "/v1/reports",
+        endpoint,
         None,
         json!({"type": request.report_type, "from": request.from, "to": request.to}),
     )
     .await?;
-    let report = build_report(&state, &principal, report_type, query, &request).await?;
+    let report = build_report(state, principal, report_type, query, request).await?;
     match format {
         ReportFormat::Json => Ok(json_response(
             StatusCode::OK,
@@ -250,6 +262,19 @@ pub async fn get_disclosures(
         Role::Auditor,
     )
     .await?;
+    disclosures_response(&state, &principal, peer, "/v1/reports/disclosures", &params).await
+}
+
+/// The accounting of disclosures for `params` (`patientId`, `from`, `to`, `format`), recorded
+/// as a read at `endpoint`, for `principal` (whose auditor role the caller has checked);
+/// shared by `GET /v1/reports/disclosures` and the console.
+pub(crate) async fn disclosures_response(
+    state: &AppState,
+    principal: &Principal,
+    peer: SocketAddr,
+    endpoint: &str,
+    params: &std::collections::BTreeMap<String, String>,
+) -> Result<Response, ApiError> {
     if let Some(name) = params
         .keys()
         .find(|k| !["patientId", "from", "to", "format"].contains(&k.as_str()))
@@ -280,12 +305,12 @@ pub async fn get_disclosures(
         to_micros: Some(to),
         ..SearchQuery::default()
     };
-    scope_query(&principal, &mut query)?;
+    scope_query(principal, &mut query)?;
     record_read(
-        &state,
-        &principal,
+        state,
+        principal,
         peer,
-        "/v1/reports/disclosures",
+        endpoint,
         None,
         json!({"patientId": patient, "from": from_text, "to": to_text}),
     )

@@ -326,12 +326,7 @@ pub async fn get_policies(
         Role::Auditor,
     )
     .await?;
-    let store = state.store.clone();
-    let configured = state.config.retention.clone();
-    let policies =
-        tokio::task::spawn_blocking(move || current_policies(store.as_ref(), &configured))
-            .await
-            .map_err(|e| ApiError::internal(&e))??;
+    let policies = policies_in_force(&state).await?;
     record_read(
         &state,
         &principal,
@@ -342,6 +337,17 @@ pub async fn get_policies(
     )
     .await?;
     Ok(Json(policies).into_response())
+}
+
+/// The policy set in force, read on the blocking pool (the caller audits the read).
+pub(crate) async fn policies_in_force(state: &AppState) -> Result<RetentionPolicies, ApiError> {
+    let store = state.store.clone();
+    let configured = state.config.retention.clone();
+    Ok(
+        tokio::task::spawn_blocking(move || current_policies(store.as_ref(), &configured))
+            .await
+            .map_err(|e| ApiError::internal(&e))??,
+    )
 }
 
 /// `PUT /v1/retention/policies` (admin): replaces the policy set; audited.
@@ -360,23 +366,43 @@ pub async fn put_policies(
     )
     .await?;
     let Json(policies) = body.map_err(|e| ApiError::bad_request("", e.body_text()))?;
+    replace_policies(
+        &state,
+        &principal,
+        peer,
+        "/v1/retention/policies",
+        &policies,
+    )
+    .await?;
+    Ok(Json(policies).into_response())
+}
+
+/// Validates and stores a new policy set with its `retention.policies.update` event (one
+/// transaction); shared by `PUT /v1/retention/policies` and the console.
+pub(crate) async fn replace_policies(
+    state: &AppState,
+    principal: &crate::auth::Principal,
+    peer: SocketAddr,
+    endpoint: &str,
+    policies: &RetentionPolicies,
+) -> Result<(), ApiError> {
     policies.validate().map_err(ApiError::invalid)?;
-    let actor = Actor::http(&principal, peer, "/v1/retention/policies");
+    let actor = Actor::http(principal, peer, endpoint);
     let mut event = admin_event(
         "retention.policies.update",
         &actor,
         "RetentionPolicies",
         "policies",
     );
-    event["details"] = serde_json::to_value(&policies).map_err(|e| ApiError::internal(&e))?;
-    let text = serde_json::to_string(&policies).map_err(|e| ApiError::internal(&e))?;
+    event["details"] = serde_json::to_value(policies).map_err(|e| ApiError::internal(&e))?;
+    let text = serde_json::to_string(policies).map_err(|e| ApiError::internal(&e))?;
     let store = state.store.clone();
     let audit = vec![event.to_string()];
     tokio::task::spawn_blocking(move || store.meta_set_audited(POLICIES_META_KEY, &text, &audit))
         .await
         .map_err(|e| ApiError::internal(&e))??;
-    crate::outbox::settle(&state).await;
-    Ok(Json(policies).into_response())
+    crate::outbox::settle(state).await;
+    Ok(())
 }
 
 /// An administrative audit event by `actor` about `target`.
@@ -427,11 +453,7 @@ pub async fn post_apply(
             }
         }
     }
-    if principal.organization_id.is_some() {
-        return Err(ApiError::forbidden(
-            "retention runs over every organization; use an admin key not bound to one",
-        ));
-    }
+    require_unbound(&principal)?;
     let report = run(
         &state,
         &Actor::http(&principal, peer, "/v1/retention/apply"),
@@ -439,6 +461,16 @@ pub async fn post_apply(
     )
     .await?;
     Ok(Json(report).into_response())
+}
+
+/// A purge runs over every organization, so only an admin key bound to none may start one.
+pub(crate) fn require_unbound(principal: &crate::auth::Principal) -> Result<(), ApiError> {
+    if principal.organization_id.is_some() {
+        return Err(ApiError::forbidden(
+            "retention runs over every organization; use an admin key not bound to one",
+        ));
+    }
+    Ok(())
 }
 
 /// One purge run of a running server at the current time (the route and the schedule).
@@ -481,6 +513,18 @@ pub async fn list_holds(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Result<Response, ApiError> {
     require_read(&state, &principal, peer, "/v1/legal-holds", Role::Auditor).await?;
+    let holds = holds_of(&state, &principal, peer, "/v1/legal-holds").await?;
+    Ok(Json(json!({ "holds": holds })).into_response())
+}
+
+/// Every hold `principal` may see (an org-bound key: its organization's), the listing recorded
+/// as a read at `endpoint`; shared by `GET /v1/legal-holds` and the console.
+pub(crate) async fn holds_of(
+    state: &AppState,
+    principal: &crate::auth::Principal,
+    peer: SocketAddr,
+    endpoint: &str,
+) -> Result<Vec<LegalHoldRecord>, ApiError> {
     let store = state.store.clone();
     let holds = tokio::task::spawn_blocking(move || store.legal_holds())
         .await
@@ -492,15 +536,15 @@ pub async fn list_holds(
         })
         .collect();
     record_read(
-        &state,
-        &principal,
+        state,
+        principal,
         peer,
-        "/v1/legal-holds",
+        endpoint,
         None,
         json!({"holds": holds.len()}),
     )
     .await?;
-    Ok(Json(json!({ "holds": holds })).into_response())
+    Ok(holds)
 }
 
 /// `POST /v1/legal-holds` (admin): places a hold; 201 with it. An org-bound admin's holds are
@@ -512,7 +556,20 @@ pub async fn create_hold(
     body: Result<Json<LegalHold>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     require_read(&state, &principal, peer, "/v1/legal-holds", Role::Admin).await?;
-    let Json(mut hold) = body.map_err(|e| ApiError::bad_request("", e.body_text()))?;
+    let Json(hold) = body.map_err(|e| ApiError::bad_request("", e.body_text()))?;
+    let record = place_hold(&state, &principal, peer, "/v1/legal-holds", hold).await?;
+    Ok((StatusCode::CREATED, Json(record)).into_response())
+}
+
+/// Places a hold (an org-bound admin's is bound to its organization) with its
+/// `legalhold.create` event; shared by `POST /v1/legal-holds` and the console.
+pub(crate) async fn place_hold(
+    state: &AppState,
+    principal: &crate::auth::Principal,
+    peer: SocketAddr,
+    endpoint: &str,
+    mut hold: LegalHold,
+) -> Result<LegalHoldRecord, ApiError> {
     if let Some(own) = &principal.organization_id {
         match &hold.organization_id {
             Some(asked) if asked != own => {
@@ -524,7 +581,7 @@ pub async fn create_hold(
         }
     }
     hold.validate().map_err(ApiError::invalid)?;
-    let actor = Actor::http(&principal, peer, "/v1/legal-holds");
+    let actor = Actor::http(principal, peer, endpoint);
     let record = LegalHoldRecord {
         id: hold
             .id
@@ -559,8 +616,8 @@ pub async fn create_hold(
             record.id
         )));
     }
-    crate::outbox::settle(&state).await;
-    Ok((StatusCode::CREATED, Json(record)).into_response())
+    crate::outbox::settle(state).await;
+    Ok(record)
 }
 
 /// `DELETE /v1/legal-holds/{id}` (admin): releases a hold (it stays listed as released).
@@ -578,6 +635,19 @@ pub async fn release_hold(
         Role::Admin,
     )
     .await?;
+    let hold = release(&state, &principal, peer, "/v1/legal-holds/{id}", &id).await?;
+    Ok(Json(hold).into_response())
+}
+
+/// Releases hold `id` if `principal` may see it (404 otherwise, 409 when already released)
+/// with its `legalhold.release` event; shared by `DELETE /v1/legal-holds/{id}` and the console.
+pub(crate) async fn release(
+    state: &AppState,
+    principal: &crate::auth::Principal,
+    peer: SocketAddr,
+    endpoint: &str,
+    id: &str,
+) -> Result<LegalHoldRecord, ApiError> {
     let store = state.store.clone();
     let holds = tokio::task::spawn_blocking(move || store.legal_holds())
         .await
@@ -594,7 +664,7 @@ pub async fn release_hold(
             "legal hold {id} is already released"
         )));
     }
-    let actor = Actor::http(&principal, peer, "/v1/legal-holds/{id}");
+    let actor = Actor::http(principal, peer, endpoint);
     let at = format_server_time(time::OffsetDateTime::now_utc());
     hold.released_at = Some(at.clone());
     hold.released_by = Some(actor.principal_id.clone());
@@ -613,6 +683,6 @@ pub async fn release_hold(
             "legal hold {id} is already released"
         )));
     }
-    crate::outbox::settle(&state).await;
-    Ok(Json(hold).into_response())
+    crate::outbox::settle(state).await;
+    Ok(hold)
 }

@@ -22,6 +22,30 @@ fn entries(name: &str, pairs: &[(String, u64)]) -> Value {
     )
 }
 
+/// Confines a statistics filter to what `principal` may see (its organization) and turns a
+/// data-subject filter into the stored tag; shared by `GET /v1/stats` and the console.
+pub(crate) fn scope_filter(
+    state: &AppState,
+    principal: &crate::auth::Principal,
+    filter: &mut vellum_store::SearchQuery,
+) -> Result<(), ApiError> {
+    scope_query(principal, filter)?;
+    tokio::task::block_in_place(|| crate::subjects::translate_filter(&state.subjects, filter))
+        .map_err(ApiError::from)
+}
+
+/// Aggregates a scoped query on the blocking pool (the caller has audited the read).
+pub(crate) async fn collect(
+    state: &AppState,
+    query: StatsQuery,
+) -> Result<vellum_store::Stats, ApiError> {
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || store.stats(&query))
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .map_err(ApiError::from)
+}
+
 /// Counts by action, status, classification, principal, organization and time bucket, plus
 /// security violations, PHI accesses and emergency accesses, over the search filters given.
 #[utoipa::path(
@@ -60,10 +84,7 @@ pub async fn get_stats(
         }
     }
     let mut filter = parse_search(&params)?;
-    scope_query(&principal, &mut filter)?;
-    tokio::task::block_in_place(|| {
-        crate::subjects::translate_filter(&state.subjects, &mut filter)
-    })?;
+    scope_filter(&state, &principal, &mut filter)?;
     record_read(
         &state,
         &principal,
@@ -73,15 +94,15 @@ pub async fn get_stats(
         json!({"query": crate::subjects::scrub_params(&params)}),
     )
     .await?;
-    let store = state.store.clone();
-    let query = StatsQuery {
-        filter,
-        bucket,
-        top,
-    };
-    let stats = tokio::task::spawn_blocking(move || store.stats(&query))
-        .await
-        .map_err(|e| ApiError::internal(&e))??;
+    let stats = collect(
+        &state,
+        StatsQuery {
+            filter,
+            bucket,
+            top,
+        },
+    )
+    .await?;
     let by_time: Vec<Value> = stats
         .by_time
         .iter()

@@ -315,3 +315,85 @@ async fn each_key_has_its_own_request_budget() {
     assert_eq!(other.status(), 200);
     server.shutdown().await.expect("clean shutdown");
 }
+
+/// One raw HTTP/1.1 exchange over TLS to `localhost:port`: the whole response text.
+async fn https_exchange(tls: Arc<rustls::ClientConfig>, port: u16, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// The console over HTTPS: its cookies are `Secure`, and a form must come from the `https`
+/// origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_cookies_are_secure_over_https() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = make_pki(dir.path());
+    let mut cfg = config(dir.path());
+    cfg.tls_cert = Some(pki.server_cert.clone());
+    cfg.tls_key = Some(pki.server_key.clone());
+    let server = vellum_server::start(cfg)
+        .await
+        .expect("https server starts");
+    let admin = std::fs::read_to_string(server.admin_key_file.clone().expect("admin"))
+        .expect("key")
+        .trim()
+        .to_owned();
+    let port = server.addr.port();
+    let tls = tls_client(&pki, true, false);
+    let page = https_exchange(
+        tls.clone(),
+        port,
+        "GET /console/signin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    let cookie_line = page
+        .lines()
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("set-cookie: vellum_signin=")
+        })
+        .expect("sign-in cookie");
+    assert!(cookie_line.contains("; Secure"), "{cookie_line}");
+    let token = cookie_line["set-cookie: vellum_signin=".len()..]
+        .split(';')
+        .next()
+        .expect("token")
+        .to_owned();
+    let sign_in = |origin: &str| {
+        let body = format!("csrf={token}&apiKey={admin}");
+        format!(
+            "POST /console/signin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nOrigin: {origin}\r\nCookie: vellum_signin={token}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let refused = https_exchange(tls.clone(), port, &sign_in("http://localhost")).await;
+    assert!(
+        refused.starts_with("HTTP/1.1 403"),
+        "an http origin on an https server: {refused}"
+    );
+    let answer = https_exchange(tls, port, &sign_in("https://localhost")).await;
+    assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
+    let session = answer
+        .lines()
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("set-cookie: vellum_session=")
+        })
+        .expect("session cookie");
+    for flag in ["; Secure", "; HttpOnly", "; SameSite=Strict", "; Path=/"] {
+        assert!(session.contains(flag), "{session} lacks {flag}");
+    }
+    server.shutdown().await.expect("clean shutdown");
+}

@@ -29,3 +29,5 @@ pub(crate) async fn call(
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
 }
+
+pub(crate) mod console;
