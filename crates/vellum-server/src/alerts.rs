@@ -15,7 +15,9 @@
 //!   org-bound key sees its organization's alerts only.
 
 use crate::AppState;
-use crate::api::{Auth, Params, json_response, record_read, require_read, scope_query};
+use crate::api::{
+    Auth, Params, json_response, limit_param, record_read, require_read, scope_query, time_param,
+};
 use crate::auth::{Principal, Role};
 use crate::error::ApiError;
 use crate::ingest::Submission;
@@ -26,7 +28,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use vellum_core::detect::RuleId;
-use vellum_core::time_fmt::{parse_rfc3339, unix_micros};
 use vellum_store::{SearchQuery, StoredEvent};
 
 /// Action prefix of alert events.
@@ -181,28 +182,9 @@ pub fn parse_filter(
             }
             "principalId" => filter.principal_id = Some(value.clone()),
             "organizationId" => filter.organization_id = Some(value.clone()),
-            "from" | "to" => {
-                let at = parse_rfc3339(value).map_err(|_| {
-                    ApiError::bad_request(
-                        name,
-                        "must be an RFC 3339 timestamp, e.g. 2026-11-23T09:00:00Z",
-                    )
-                })?;
-                if name == "from" {
-                    filter.from_micros = Some(unix_micros(at));
-                } else {
-                    filter.to_micros = Some(unix_micros(at));
-                }
-            }
-            "limit" => {
-                filter.limit = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|l| (1..=1000).contains(l))
-                    .ok_or_else(|| {
-                        ApiError::bad_request("limit", "must be an integer from 1 to 1000")
-                    })?;
-            }
+            "from" => filter.from_micros = Some(time_param(name, value)?),
+            "to" => filter.to_micros = Some(time_param(name, value)?),
+            "limit" => filter.limit = limit_param(value)?,
             "cursor" => filter.cursor = Some(value.clone()),
             other => {
                 return Err(ApiError::bad_request(

@@ -613,6 +613,25 @@ pub struct SearchParams {
     cursor: Option<String>,
 }
 
+/// A `from`/`to` query parameter (RFC 3339) as Unix microseconds; a 400 naming it otherwise.
+pub(crate) fn time_param(name: &str, value: &str) -> Result<i64, ApiError> {
+    parse_rfc3339(value).map(unix_micros).map_err(|_| {
+        ApiError::bad_request(
+            name,
+            "must be an RFC 3339 timestamp, e.g. 2026-11-23T09:00:00Z",
+        )
+    })
+}
+
+/// A `limit` query parameter: 1..=1000.
+pub(crate) fn limit_param(value: &str) -> Result<usize, ApiError> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|l| (1..=1000).contains(l))
+        .ok_or_else(|| ApiError::bad_request("limit", "must be an integer from 1 to 1000"))
+}
+
 /// Parses search parameters strictly: unknown names and bad values are 400s naming them.
 pub fn parse_search(params: &BTreeMap<String, String>) -> Result<SearchQuery, ApiError> {
     let mut q = SearchQuery {
@@ -650,29 +669,10 @@ pub fn parse_search(params: &BTreeMap<String, String>) -> Result<SearchQuery, Ap
             "patientId" => q.patient_id = v,
             "dataSubjectId" => q.data_subject_id = v,
             "correlationId" => q.correlation_id = v,
-            "from" | "to" => {
-                let at = parse_rfc3339(value).map_err(|_| {
-                    ApiError::bad_request(
-                        name,
-                        "must be an RFC 3339 timestamp, e.g. 2026-11-23T09:00:00Z",
-                    )
-                })?;
-                if name == "from" {
-                    q.from_micros = Some(unix_micros(at));
-                } else {
-                    q.to_micros = Some(unix_micros(at));
-                }
-            }
+            "from" => q.from_micros = Some(time_param(name, value)?),
+            "to" => q.to_micros = Some(time_param(name, value)?),
             "q" => q.q = v,
-            "limit" => {
-                q.limit = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|l| (1..=1000).contains(l))
-                    .ok_or_else(|| {
-                        ApiError::bad_request("limit", "must be an integer from 1 to 1000")
-                    })?;
-            }
+            "limit" => q.limit = limit_param(value)?,
             "cursor" => q.cursor = v,
             other => {
                 return Err(ApiError::bad_request(

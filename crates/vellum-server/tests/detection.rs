@@ -505,55 +505,10 @@ async fn a_failed_verification_raises_an_integrity_alert() {
     server.stop().await;
 }
 
-async fn receive(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
-    tokio::time::timeout(Duration::from_secs(30), rx.recv())
-        .await
-        .expect("a message within 30 s")
-        .expect("receiver open")
-}
-
-/// Reads RFC 6587 octet-counted frames (`<len> <message>`) from every connection and sends
-/// each message on.
-async fn syslog_receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("addr").to_string();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut reader = BufReader::new(socket);
-                loop {
-                    let mut length = Vec::new();
-                    match reader.read_until(b' ', &mut length).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    }
-                    let Ok(n) = std::str::from_utf8(&length[..length.len() - 1])
-                        .unwrap_or("x")
-                        .parse::<usize>()
-                    else {
-                        return;
-                    };
-                    let mut message = vec![0; n];
-                    if reader.read_exact(&mut message).await.is_err() {
-                        return;
-                    }
-                    let _ = tx.send(String::from_utf8_lossy(&message).into_owned());
-                }
-            });
-        }
-    });
-    (address, rx)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn configured_sinks_forward_committed_events_and_alerts() {
-    let (all_address, mut all) = syslog_receiver().await;
-    let (alerts_address, mut alerts_only) = syslog_receiver().await;
+    let (all_address, mut all) = common::syslog_receiver().await;
+    let (alerts_address, mut alerts_only) = common::syslog_receiver().await;
     let sinks: Vec<vellum_forward::SinkConfig> = serde_json::from_value(json!([
         {"name": "everything", "type": "syslog", "transport": "tcp", "address": all_address,
          "retryInitialMs": 50, "retryMaxMs": 200},
@@ -576,12 +531,12 @@ async fn configured_sinks_forward_committed_events_and_alerts() {
 
     // The everything sink gets the events in log order; the event is first (the server's own
     // audit.read records may follow).
-    let first = receive(&mut all).await;
+    let first = common::receive(&mut all).await;
     assert!(first.starts_with("<"), "{first}");
     assert!(first.contains(&ids[0]), "{first}");
     let mut seen_alert = false;
     for _ in 0..20 {
-        let message = receive(&mut all).await;
+        let message = common::receive(&mut all).await;
         if message.contains(&alert_id) {
             seen_alert = true;
             break;
@@ -589,7 +544,7 @@ async fn configured_sinks_forward_committed_events_and_alerts() {
     }
     assert!(seen_alert, "the alert is forwarded too");
     // The alerts-only sink gets the alert and nothing before it.
-    let soc = receive(&mut alerts_only).await;
+    let soc = common::receive(&mut alerts_only).await;
     assert!(soc.contains(&alert_id), "{soc}");
     assert!(soc.contains("security.alert.break_glass"), "{soc}");
 

@@ -531,34 +531,7 @@ async fn scale_out_workers_raise_alerts_and_one_node_forwards() {
     let queue = format!("vt-{}", suffix());
     let tmp = tempfile::tempdir().expect("tempdir");
 
-    // An RFC 6587 (octet-counting) receiver counting what arrives.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let sink_address = listener.local_addr().expect("addr").to_string();
-    let (tx, mut received) = tokio::sync::mpsc::unbounded_channel::<String>();
-    tokio::spawn(async move {
-        use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-        while let Ok((socket, _)) = listener.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut reader = BufReader::new(socket);
-                loop {
-                    let mut length = Vec::new();
-                    if reader.read_until(b' ', &mut length).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let text = String::from_utf8_lossy(&length[..length.len() - 1]).into_owned();
-                    let Ok(n) = text.parse::<usize>() else { return };
-                    let mut message = vec![0; n];
-                    if reader.read_exact(&mut message).await.is_err() {
-                        return;
-                    }
-                    let _ = tx.send(String::from_utf8_lossy(&message).into_owned());
-                }
-            });
-        }
-    });
+    let (sink_address, mut received) = common::syslog_receiver().await;
     let sinks: Vec<vellum_forward::SinkConfig> = serde_json::from_value(json!([
         {"name": "soc", "type": "syslog", "transport": "tcp", "address": sink_address,
          "filter": {"alertsOnly": true}, "retryInitialMs": 50, "retryMaxMs": 200}
