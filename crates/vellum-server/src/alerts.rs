@@ -251,6 +251,32 @@ pub async fn list(
     })
 }
 
+/// How many alerts visible to `principal` are open: alerts minus acknowledgements, counted by
+/// the search index (two aggregate queries, whatever the number of alerts). Each alert has at
+/// most one acknowledgement (its idempotency key), filed under the alert's organization.
+pub async fn open_count(state: &AppState, principal: &Principal) -> Result<u64, ApiError> {
+    let count = |action: String| async move {
+        let mut filter = SearchQuery {
+            action: Some(action),
+            ..SearchQuery::default()
+        };
+        scope_query(principal, &mut filter)?;
+        let store = state.store.clone();
+        let query = vellum_store::StatsQuery {
+            filter,
+            bucket: vellum_store::TimeBucket::Day,
+            top: 1,
+        };
+        let stats = tokio::task::spawn_blocking(move || store.stats(&query))
+            .await
+            .map_err(|e| ApiError::internal(&e))??;
+        Ok::<u64, ApiError>(stats.total)
+    };
+    let raised = count(format!("{ALERT_ACTION_PREFIX}*")).await?;
+    let acknowledged = count(ACKNOWLEDGE_ACTION.to_owned()).await?;
+    Ok(raised.saturating_sub(acknowledged))
+}
+
 /// Acknowledges an alert visible to `principal`: `Ok((ack, true))` when this call recorded it,
 /// `Ok((ack, false))` when it already was. 404 when there is no such alert (or it belongs to
 /// another organization).

@@ -588,3 +588,328 @@ async fn search_pages_forward_and_back() {
     assert!(link(&again, "prev").is_none());
     fixture.stop().await;
 }
+
+/// The number in the dashboard's open-alerts tile.
+fn open_alerts_tile(page: &str) -> String {
+    let at = page
+        .find(r#"id="open-alerts""#)
+        .unwrap_or_else(|| panic!("no open-alerts tile in {page}"));
+    let rest = &page[at..];
+    assert!(
+        rest.contains(r#"href="/console/alerts?status=open""#),
+        "the tile links to the open alerts"
+    );
+    let num = &rest[rest.find(r#"<span class="num">"#).expect("number") + 18..];
+    num[..num.find('<').expect("end")].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_are_listed_acknowledged_and_scoped() {
+    let fixture = Fixture::start().await;
+    // A break-glass access in org-b, by a principal whose name is markup (it is quoted in the
+    // alert's description).
+    let trigger = fixture
+        .post_event(&serde_json::json!({
+            "action": "patient.record.read", "status": "success", "organizationId": "org-b",
+            "principalId": "dr-<b>glass</b>", "dataClassification": "PHI",
+            "targetResourceType": "Patient", "targetResourceId": "p-7",
+            "healthcareContext": {"patientId": "p-7", "emergencyAccess": true},
+        }))
+        .await;
+    let alert = fixture.wait_for_alert("break_glass", &trigger).await;
+    let alert_id = alert["id"].as_str().expect("alert id").to_owned();
+    assert_eq!(alert["status"], "open");
+    let row_marker = format!(r#"id="alert-{alert_id}""#);
+    let ack_form = r#"action="/console/alerts/acknowledge""#;
+
+    // A reader: the page lists the alert, linked to its event and to the triggering one, with
+    // the description escaped; no acknowledge form; a POST anyway is refused and recorded.
+    let (reader_id, reader) = fixture.keys["reader"].clone();
+    let browser = Browser::new(&fixture.base);
+    assert_eq!(browser.sign_in(&reader).await.0, StatusCode::SEE_OTHER);
+    let (_, _, dashboard) = browser.get("/console/dashboard").await;
+    assert!(
+        dashboard.contains(r#"href="/console/alerts""#),
+        "Alerts in the navigation"
+    );
+    let before: u64 = open_alerts_tile(&dashboard).parse().expect("a count");
+    assert!(before >= 1, "the tile counts the open alert");
+    let (status, headers, page) = browser.get("/console/alerts").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_hardened(&headers, "alerts page");
+    assert!(page.contains(&row_marker), "{page}");
+    assert!(page.contains(&format!(r#"href="/console/events/{alert_id}""#)));
+    assert!(page.contains(&format!(r#"href="/console/events/{trigger}""#)));
+    assert!(page.contains("break_glass") && page.contains("org-b"));
+    assert!(!page.contains("<b>glass</b>"), "raw markup in the page");
+    assert!(page.contains("dr-&#60;b&#62;glass&#60;/b&#62;"), "{page}");
+    assert!(
+        !page.contains(ack_form),
+        "a reader is offered no acknowledgement"
+    );
+    assert!(
+        page.contains(r#"<option value="silent_source""#),
+        "every rule is a filter"
+    );
+    let (_, _, filtered) = browser
+        .get("/console/alerts?rule=break_glass&status=open&range=all")
+        .await;
+    assert!(filtered.contains(&row_marker));
+    let (_, _, filtered) = browser.get("/console/alerts?rule=failed_logins").await;
+    assert!(!filtered.contains(&row_marker), "another rule's filter");
+    let (_, _, filtered) = browser.get("/console/alerts?principalId=dr-zed").await;
+    assert!(
+        !filtered.contains(&row_marker),
+        "another principal's filter"
+    );
+    let (_, _, filtered) = browser
+        .get("/console/alerts?range=custom&from=2020-01-01T00:00&to=2020-01-02T00:00")
+        .await;
+    assert!(!filtered.contains(&row_marker), "a time range before it");
+    let (status, _, bad) = browser.get("/console/alerts?range=custom&from=soon").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(bad.contains("is not a date or time"), "{bad}");
+    let token = browser.token("/console/alerts").await;
+    let (status, _, _) = browser
+        .post_same_origin(
+            "/console/alerts/acknowledge",
+            &[("csrf", &token), ("id", &alert_id)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a reader cannot acknowledge");
+    let reads = fixture.reads_by(&reader_id).await;
+    let endpoint_of = |e: &serde_json::Value| e["technicalContext"]["endpoint"].clone();
+    assert!(
+        reads
+            .iter()
+            .any(|e| e["status"] == "success" && endpoint_of(e) == "/console/alerts"),
+        "the listing is audited"
+    );
+    assert!(
+        reads
+            .iter()
+            .any(|e| e["status"] == "failure" && endpoint_of(e) == "/console/alerts/acknowledge"),
+        "the refused acknowledgement is audited"
+    );
+
+    // A key bound to org-a never sees org-b's alert, whatever it asks for.
+    let bound = Browser::new(&fixture.base);
+    assert_eq!(
+        bound.sign_in(&fixture.keys["reader-a"].1).await.0,
+        StatusCode::SEE_OTHER
+    );
+    let (status, _, page) = bound.get("/console/alerts").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        !page.contains(&alert_id) && !page.contains("dr-&#60;b&#62;glass"),
+        "org-b leaked"
+    );
+    let (_, _, page) = bound.get("/console/alerts?organizationId=org-b").await;
+    assert!(!page.contains(&alert_id));
+    assert!(page.contains("may only read organization"), "{page}");
+
+    // The auditor acknowledges through the form: not without the token, not with a note over
+    // 2 000 bytes; then it is recorded, once.
+    let (auditor_id, auditor_key) = fixture.keys["auditor"].clone();
+    let auditor = Browser::new(&fixture.base);
+    assert_eq!(auditor.sign_in(&auditor_key).await.0, StatusCode::SEE_OTHER);
+    let (_, _, page) = auditor.get("/console/alerts?status=open").await;
+    assert!(page.contains(ack_form), "an auditor is offered the form");
+    let token = csrf(&page);
+    let (status, _, _) = auditor
+        .post_same_origin(
+            "/console/alerts/acknowledge",
+            &[("id", &alert_id), ("status", "open")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "no token");
+    let (status, _, _) = auditor
+        .post(
+            "/console/alerts/acknowledge",
+            &[("csrf", &token), ("id", &alert_id)],
+            Some("http://evil.example"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "another origin");
+    let long = "n".repeat(2_001);
+    let (status, _, body) = auditor
+        .post_same_origin(
+            "/console/alerts/acknowledge",
+            &[("csrf", &token), ("id", &alert_id), ("note", &long)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&body).contains("2000 bytes"));
+    let (_, open) = common::call(
+        &fixture.client,
+        &fixture.base,
+        &fixture.admin,
+        reqwest::Method::GET,
+        "/v1/alerts?status=acknowledged",
+        None,
+    )
+    .await;
+    assert_eq!(open["alerts"].as_array().map(Vec::len), Some(0), "{open}");
+    let (status, headers, _) = auditor
+        .post_same_origin(
+            "/console/alerts/acknowledge",
+            &[
+                ("csrf", &token),
+                ("id", &alert_id),
+                ("note", "called the <i>ward</i>: justified"),
+                ("status", "open"),
+                ("evil", "https://evil.example"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        location(&headers),
+        format!("/console/alerts?status=open&done=acknowledged#alert-{alert_id}")
+    );
+    let (_, _, page) = auditor.get(location(&headers)).await;
+    assert!(page.contains("The alert was acknowledged."), "{page}");
+    assert!(!page.contains(&row_marker), "no longer open");
+    let (_, _, page) = auditor.get("/console/alerts?status=acknowledged").await;
+    assert!(page.contains(&row_marker), "{page}");
+    assert!(page.contains("tag-ack") && page.contains(&auditor_id));
+    assert!(page.contains("called the &#60;i&#62;ward&#60;/i&#62;: justified"));
+    let (status, headers, _) = auditor
+        .post_same_origin(
+            "/console/alerts/acknowledge",
+            &[("csrf", &token), ("id", &alert_id)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "a second time");
+    assert!(location(&headers).contains("done=already"));
+
+    // The API agrees: one acknowledgement, by the auditor, with the note.
+    let (status, listed) = common::call(
+        &fixture.client,
+        &fixture.base,
+        &fixture.admin,
+        reqwest::Method::GET,
+        "/v1/alerts?status=acknowledged",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let acked = listed["alerts"].as_array().expect("alerts");
+    assert_eq!(acked.len(), 1, "{listed}");
+    assert_eq!(acked[0]["id"], alert_id.as_str());
+    assert_eq!(acked[0]["acknowledgement"]["by"], auditor_id.as_str());
+    assert_eq!(
+        acked[0]["acknowledgement"]["note"],
+        "called the <i>ward</i>: justified"
+    );
+    // The reader's page shows it acknowledged; the tile counts one fewer.
+    let (_, _, page) = browser.get("/console/alerts").await;
+    let row = &page[page.find(&row_marker).expect("listed")..];
+    let row = &row[..row.find("</tr>").expect("row end")];
+    assert!(
+        row.contains("tag-ack") && !row.contains("tag-open"),
+        "{row}"
+    );
+    let (_, _, dashboard) = browser.get("/console/dashboard").await;
+    let after: u64 = open_alerts_tile(&dashboard).parse().expect("a count");
+    assert!(
+        after < before + 1 && after + 1 >= before,
+        "{before} → {after}"
+    );
+    fixture.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_pages_forward_and_back() {
+    let fixture = Fixture::start().await;
+    let events: Vec<serde_json::Value> = (0..52)
+        .map(|i| {
+            serde_json::json!({
+                "action": "patient.record.read", "status": "success",
+                "principalId": format!("dr-{i:02}"), "organizationId": "org-c",
+                "dataClassification": "PHI", "targetResourceType": "Patient",
+                "healthcareContext": {"patientId": format!("p-{i}"), "emergencyAccess": true},
+            })
+        })
+        .collect();
+    let (status, body) = common::call(
+        &fixture.client,
+        &fixture.base,
+        &fixture.admin,
+        reqwest::Method::POST,
+        "/v1/events",
+        Some(&serde_json::json!({ "events": events })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, page) = common::call(
+            &fixture.client,
+            &fixture.base,
+            &fixture.admin,
+            reqwest::Method::GET,
+            "/v1/alerts?rule=break_glass&organizationId=org-c&limit=1000",
+            None,
+        )
+        .await;
+        let n = page["alerts"].as_array().map_or(0, Vec::len);
+        if n >= 52 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{n} alerts: {page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let browser = Browser::new(&fixture.base);
+    assert_eq!(
+        browser.sign_in(&fixture.keys["auditor"].1).await.0,
+        StatusCode::SEE_OTHER
+    );
+    let rows = |page: &str| page.matches(r#"<tr id="alert-"#).count();
+    let (_, _, first) = browser
+        .get("/console/alerts?rule=break_glass&organizationId=org-c")
+        .await;
+    assert_eq!(rows(&first), 50, "{first}");
+    assert!(link(&first, "prev").is_none());
+    let next = link(&first, "next").expect("a next page");
+    assert!(next.contains("rule=break_glass") && next.contains("organizationId=org-c"));
+    let (status, _, second) = browser.get(&next).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert_eq!(rows(&second), 2);
+    assert!(
+        second.contains("dr-00") && !first.contains(">dr-00<"),
+        "oldest last"
+    );
+    // An acknowledgement from the second page comes back to the second page.
+    let token = csrf(&second);
+    let id_at = second.find(r#"<tr id="alert-"#).expect("a row") + r#"<tr id="alert-"#.len();
+    let id = &second[id_at..id_at + 36];
+    let hidden = |name: &str| {
+        let marker = format!(r#"name="{name}" value=""#);
+        let at = second.find(&marker).expect(name) + marker.len();
+        second[at..at + second[at..].find('"').expect("end")].replace("&#38;", "&")
+    };
+    let (cursor, back) = (hidden("cursor"), hidden("back"));
+    let (status, headers, _) = browser
+        .post_same_origin(
+            "/console/alerts/acknowledge",
+            &[
+                ("csrf", &token),
+                ("id", id),
+                ("rule", "break_glass"),
+                ("organizationId", "org-c"),
+                ("cursor", &cursor),
+                ("back", &back),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, _, again) = browser.get(location(&headers)).await;
+    assert_eq!(rows(&again), 2, "still the second page");
+    assert!(again.contains("The alert was acknowledged."));
+    let back = link(&again, "prev").expect("a way back");
+    let (_, _, first_again) = browser.get(&back).await;
+    assert_eq!(rows(&first_again), 50);
+    assert!(link(&first_again, "prev").is_none());
+    fixture.stop().await;
+}

@@ -1,8 +1,9 @@
 //! The web console in a real browser (issue 9): headless Chromium driven by Playwright
 //! (`tests/console-e2e/console.e2e.mjs`) against a seeded server on 127.0.0.1. Flows: sign in,
 //! a verification run from the dashboard, search, an event verified live, an event whose text
-//! holds `<script>` shown as text with no dialog, a PDF report download, the admin pages, and
-//! an organization-bound key that does not see the other organization. No CSP violation may
+//! holds `<script>` shown as text with no dialog, a PDF report download, the admin pages, a
+//! break-glass alert acknowledged from the alerts page, and an organization-bound key that does
+//! not see the other organization. No CSP violation may
 //! be reported by the browser on any page.
 //!
 //! Needs `node`, `/usr/bin/chromium` and `npm ci` in `tests/console-e2e` (`.ci/run` installs
@@ -56,6 +57,20 @@ async fn console_in_headless_chromium() {
         return;
     }
     let fixture = common::console::Fixture::start().await;
+    // Break-glass accesses raise alerts: one to acknowledge in the browser, one left open.
+    let mut alerts = Vec::new();
+    for (who, org, patient) in [("dr-ana", "org-a", "p-7"), ("dr-ben", "org-b", "p-8")] {
+        let trigger = fixture
+            .post_event(&serde_json::json!({
+                "action": "patient.record.read", "status": "success", "organizationId": org,
+                "principalId": who, "dataClassification": "PHI",
+                "targetResourceType": "Patient", "targetResourceId": patient,
+                "healthcareContext": {"patientId": patient, "emergencyAccess": true},
+            }))
+            .await;
+        let alert = fixture.wait_for_alert("break_glass", &trigger).await;
+        alerts.push(alert["id"].as_str().expect("alert id").to_owned());
+    }
     let screenshots = root.join("../../docs/console");
     let run = tokio::process::Command::new("node")
         .arg("console.e2e.mjs")
@@ -64,6 +79,7 @@ async fn console_in_headless_chromium() {
         .env("VELLUM_ADMIN_KEY", &fixture.admin)
         .env("VELLUM_ORG_KEY", &fixture.keys["reader-a"].1)
         .env("VELLUM_EVENT_XSS", &fixture.events["xss"])
+        .env("VELLUM_ALERT_ID", &alerts[0])
         .env("VELLUM_SCREENSHOT_DIR", &screenshots)
         .env("VELLUM_CHROMIUM", &chromium)
         .kill_on_drop(true)
@@ -85,7 +101,9 @@ async fn console_in_headless_chromium() {
         "the event shows a verified badge",
         "no dialog fired (",
         "the report download is a PDF",
+        "an alert was acknowledged from the alerts page",
         "the org-bound key does not see org-b's event",
+        "the org-bound key does not see org-b's alert",
         "no CSP violation on any page",
     ] {
         assert!(stdout.contains(flow), "flow not reached: {flow}\n{stdout}");

@@ -1,5 +1,6 @@
 //! The dashboard: events over time by status and by classification, top principals and
 //! actions, PHI and emergency accesses (the `GET /v1/stats` aggregation, [`crate::stats`]),
+//! the open security alerts ([`crate::alerts::open_count`]),
 //! integrity (the latest checkpoint of each visible log and the last verification run from the
 //! console), and a button that runs a full verification in the background.
 //!
@@ -142,13 +143,31 @@ struct DashboardPage {
     phi: u64,
     emergency: u64,
     index_lag: u64,
-    open_alerts: Option<u64>,
+    open_alerts: Option<OpenAlerts>,
     charts: Vec<StackedChart>,
     top_principals: Vec<TopRow>,
     top_actions: Vec<TopRow>,
     logs: Vec<LogLine>,
     verify: VerifyView,
     may_verify: bool,
+}
+
+/// The open-alerts tile.
+pub struct OpenAlerts {
+    /// The count as shown.
+    pub shown: String,
+    /// Whether there is any.
+    pub any: bool,
+}
+
+/// Counts the open alerts `principal` may see (org-scoped), any time, with two aggregate
+/// queries ([`crate::alerts::open_count`]) rather than by listing them.
+async fn open_alerts(state: &AppState, principal: &Principal) -> Result<OpenAlerts, ConsoleError> {
+    let n = crate::alerts::open_count(state, principal).await?;
+    Ok(OpenAlerts {
+        shown: n.to_string(),
+        any: n > 0,
+    })
 }
 
 /// The dashboard's periods: (value, label, length, bucket).
@@ -252,9 +271,10 @@ pub async fn page(
         signed.peer,
         "/console/dashboard",
         None,
-        json!({"range": range, "logIds": logs}),
+        json!({"range": range, "logIds": logs, "openAlerts": true}),
     )
     .await?;
+    let open_alerts = open_alerts(&state, principal).await?;
     let overall = crate::stats::collect(
         &state,
         StatsQuery {
@@ -336,7 +356,7 @@ pub async fn page(
         phi: overall.phi_accesses,
         emergency: overall.emergency_accesses,
         index_lag: overall.index_lag,
-        open_alerts: None,
+        open_alerts: Some(open_alerts),
         charts: vec![
             stacked(
                 "chart-status",

@@ -6,8 +6,9 @@
 //!   and the key's hash, and the browser only a random session id in an HttpOnly,
 //!   SameSite=Strict cookie (Secure under TLS). Forms carry a per-session CSRF token
 //!   ([`csrf`]).
-//! - **Pages**: dashboard ([`dashboard`], with a background verification run), search and
-//!   saved searches ([`search`]), event detail with a live verification badge ([`event`]),
+//! - **Pages**: dashboard ([`dashboard`], with a background verification run and the count of
+//!   open alerts), search and saved searches ([`search`]), event detail with a live
+//!   verification badge ([`event`]), security alerts and their acknowledgement ([`alerts`]),
 //!   reports, disclosures and exports ([`reports`]), and for admins API keys, retention and
 //!   legal holds ([`admin`]).
 //! - **The same rules as the API**: every page reuses the JSON routes' functions, so roles,
@@ -19,6 +20,7 @@
 //!   are vendored into the binary ([`assets`]) under content-hashed URLs; no CDN.
 
 pub mod admin;
+pub mod alerts;
 pub mod assets;
 pub mod charts;
 pub mod csrf;
@@ -122,6 +124,8 @@ pub fn router() -> Router<AppState> {
         .route("/console/search/save", post(search::save))
         .route("/console/search/delete", post(search::delete))
         .route("/console/events/{id}", get(event::page))
+        .route("/console/alerts", get(alerts::page))
+        .route("/console/alerts/acknowledge", post(alerts::acknowledge))
         .route("/console/export", get(reports::export))
         .route(
             "/console/reports",
@@ -474,6 +478,50 @@ pub fn query_string<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> 
         encode(&mut out, value);
     }
     out
+}
+
+/// Earlier pages remembered for "previous".
+const MAX_BACK: usize = 200;
+
+/// The "previous" and "next" links of a keyset-paged listing at `path`: both keep the filters
+/// `base` and move the cursor (`next_cursor` is where the store stopped). "Previous" works from
+/// the stack of the earlier pages' cursors kept in the query string (`back=-.c2.c3`, `-` being
+/// the first page), so no server state is needed and any page can be bookmarked.
+pub fn pager(
+    path: &str,
+    base: &[(String, String)],
+    form: &Form,
+    next_cursor: Option<&str>,
+) -> (Option<String>, Option<String>) {
+    let link = |cursor: Option<&str>, back: &str| {
+        let mut pairs: Vec<(&str, &str)> =
+            base.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        if let Some(c) = cursor {
+            pairs.push(("cursor", c));
+        }
+        if !back.is_empty() {
+            pairs.push(("back", back));
+        }
+        format!("{path}?{}", query_string(pairs))
+    };
+    let back = form.get("back").unwrap_or("");
+    let next = next_cursor.map(|next| {
+        let this = form.get("cursor").unwrap_or("-");
+        let stack = if back.is_empty() {
+            this.to_owned()
+        } else if back.split('.').count() >= MAX_BACK {
+            back.to_owned()
+        } else {
+            format!("{back}.{this}")
+        };
+        link(Some(next), &stack)
+    });
+    let previous = form.get("cursor").map(|_| {
+        let (rest, last) = back.rsplit_once('.').unwrap_or(("", back));
+        let cursor = (!last.is_empty() && last != "-").then_some(last);
+        link(cursor, rest)
+    });
+    (previous, next)
 }
 
 /// A time from a form as RFC 3339: RFC 3339 itself, a `datetime-local` value

@@ -9,7 +9,7 @@
 //! be bookmarked. Saved searches live in the store's meta table under
 //! `console.saved.<keyId>`, written with an audit event like every configuration change.
 
-use super::{ConsoleError, Form, Nav, QueryForm, Signed, form_time, query_string, render};
+use super::{ConsoleError, Form, Nav, QueryForm, Signed, form_time, pager, query_string, render};
 use crate::AppState;
 use crate::api::{parse_search, record_read, require_read};
 use crate::auth::Role;
@@ -27,8 +27,6 @@ use vellum_core::model::{DataClassification, Status};
 pub const PAGE_SIZE: usize = 50;
 /// Saved searches kept per key.
 pub const MAX_SAVED: usize = 50;
-/// Earlier pages remembered for "previous".
-const MAX_BACK: usize = 200;
 
 /// The free-text filters of SPEC §5, in form order: (parameter, label, hint).
 pub const TEXT_FILTERS: &[(&str, &str, &str)] = &[
@@ -170,8 +168,21 @@ pub fn api_params(
             params.insert(name.to_owned(), v.to_owned());
         }
     }
+    time_params(form, "24h", now, &mut params)?;
+    Ok(params)
+}
+
+/// Adds the `from`/`to` API parameters (RFC 3339) that the form's time range means: a preset
+/// (`1h`, `24h`, `7d`, `30d`, `all`), or `custom` with the form's own `from` and `to`;
+/// `default` when the form names none.
+pub fn time_params(
+    form: &Form,
+    default: &str,
+    now: time::OffsetDateTime,
+    params: &mut BTreeMap<String, String>,
+) -> Result<(), ConsoleError> {
     let back = |d: time::Duration| vellum_core::time_fmt::format_server_time(now - d);
-    match form.get("range").unwrap_or("24h") {
+    match form.get("range").unwrap_or(default) {
         "1h" => {
             params.insert("from".into(), back(time::Duration::hours(1)));
         }
@@ -199,7 +210,7 @@ pub fn api_params(
             )));
         }
     }
-    Ok(params)
+    Ok(())
 }
 
 fn choices(all: &[&'static str], current: Option<&str>) -> Vec<Choice> {
@@ -390,35 +401,12 @@ pub async fn page(
         page.rows.push(row_of(&value));
     }
     // Paging links keep the search and move the cursor; `back` remembers earlier pages.
-    let base = page.current_query.clone();
-    let link = |cursor: Option<&str>, back: &str| {
-        let mut pairs: Vec<(&str, &str)> =
-            base.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-        if let Some(c) = cursor {
-            pairs.push(("cursor", c));
-        }
-        if !back.is_empty() {
-            pairs.push(("back", back));
-        }
-        format!("/console/search?{}", query_string(pairs))
-    };
-    let back = form.get("back").unwrap_or("");
-    if let Some(next) = &found.next_cursor {
-        let this = form.get("cursor").unwrap_or("-");
-        let stack = if back.is_empty() {
-            this.to_owned()
-        } else if back.split('.').count() >= MAX_BACK {
-            back.to_owned()
-        } else {
-            format!("{back}.{this}")
-        };
-        page.next = Some(link(Some(next), &stack));
-    }
-    if form.get("cursor").is_some() {
-        let (rest, last) = back.rsplit_once('.').unwrap_or(("", back));
-        let cursor = (!last.is_empty() && last != "-").then_some(last);
-        page.previous = Some(link(cursor, rest));
-    }
+    (page.previous, page.next) = pager(
+        "/console/search",
+        &page.current_query,
+        &form,
+        found.next_cursor.as_deref(),
+    );
     if principal.role.allows(Role::Auditor) {
         for format in ["csv", "json", "ndjson", "pdf", "fhir"] {
             let mut pairs: Vec<(&str, &str)> = vec![("format", format)];

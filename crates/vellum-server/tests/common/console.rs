@@ -133,6 +133,58 @@ impl Fixture {
         )
     }
 
+    /// Posts one event as the bootstrap admin; its id.
+    pub(crate) async fn post_event(&self, event: &Value) -> String {
+        let (status, receipt) = super::call(
+            &self.client,
+            &self.base,
+            &self.admin,
+            Method::POST,
+            "/v1/events",
+            Some(event),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{receipt}");
+        receipt["id"].as_str().expect("id").to_owned()
+    }
+
+    /// The `rule` alert raised by the event `event_id`, as `GET /v1/alerts` lists it to the admin;
+    /// polled for up to 30 s (detection runs beside the writer, so an alert lands shortly after
+    /// the event that raised it).
+    pub(crate) async fn wait_for_alert(&self, rule: &str, event_id: &str) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, page) = super::call(
+                &self.client,
+                &self.base,
+                &self.admin,
+                Method::GET,
+                &format!("/v1/alerts?rule={rule}&limit=1000"),
+                None,
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{page}");
+            let found = page["alerts"].as_array().and_then(|alerts| {
+                alerts
+                    .iter()
+                    .find(|a| {
+                        a["triggeringEventIds"]
+                            .as_array()
+                            .is_some_and(|ids| ids.iter().any(|id| id == event_id))
+                    })
+                    .cloned()
+            });
+            if let Some(alert) = found {
+                return alert;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {rule} alert for event {event_id} within 30 s: {page}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The `audit.read` events a key caused, newest first.
     pub(crate) async fn reads_by(&self, key_id: &str) -> Vec<Value> {
         let (status, page) = super::call(

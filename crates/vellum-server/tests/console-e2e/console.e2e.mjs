@@ -2,6 +2,8 @@
 // tests/console_browser.rs, which starts a seeded server and passes:
 //   VELLUM_BASE_URL, VELLUM_ADMIN_KEY, VELLUM_ORG_KEY (a reader bound to org-a),
 //   VELLUM_EVENT_XSS (an event whose outcomeDescription is <script>alert(1)</script>),
+//   VELLUM_ALERT_ID (an open break-glass alert of org-a, by dr-ana; another, of org-b by
+//   dr-ben, stays open),
 //   VELLUM_SCREENSHOT_DIR (with VELLUM_CONSOLE_SCREENSHOTS=1: where the PNGs go).
 // Exits 0 when every flow passed; otherwise prints the failure and exits 1.
 import { chromium } from "playwright-core";
@@ -17,6 +19,7 @@ const base = env("VELLUM_BASE_URL");
 const adminKey = env("VELLUM_ADMIN_KEY");
 const orgKey = env("VELLUM_ORG_KEY");
 const xssEvent = env("VELLUM_EVENT_XSS");
+const alertId = env("VELLUM_ALERT_ID");
 const shots = process.env.VELLUM_CONSOLE_SCREENSHOTS === "1";
 const shotDir = process.env.VELLUM_SCREENSHOT_DIR || "screenshots";
 if (shots) mkdirSync(shotDir, { recursive: true });
@@ -122,11 +125,28 @@ try {
   await page.goto(`${base}/console/retention`);
   check(await page.getByRole("heading", { name: "Legal holds", exact: true }).isVisible(), "the retention page shows");
   await shot(page, "retention");
-  const alerts = await page.goto(`${base}/console/alerts`);
-  if (alerts && alerts.status() === 200) {
-    await shot(page, "alerts");
-    check(true, "the alerts page shows");
-  }
+  // Alerts: the dashboard tile leads to the open ones; one is acknowledged with a note.
+  await page.goto(`${base}/console/dashboard`);
+  const tile = page.locator("#open-alerts");
+  check(Number((await tile.locator(".num").innerText()).replace("+", "")) >= 2, "the dashboard counts the open alerts");
+  await Promise.all([page.waitForURL(/\/console\/alerts\?status=open/), tile.getByRole("link").click()]);
+  check(await page.getByRole("heading", { name: "Security alerts" }).isVisible(), "the alerts page shows");
+  const row = page.locator(`#alert-${alertId}`);
+  check((await row.innerText()).includes("dr-ana"), "the alert names its principal");
+  await row.getByText("Acknowledge…").click();
+  await row.getByLabel("Note (optional)").fill("Called the ward: an unconscious patient, access justified.");
+  await Promise.all([
+    page.waitForURL(/done=acknowledged/),
+    row.getByRole("button", { name: "Acknowledge", exact: true }).click(),
+  ]);
+  check((await page.locator("#alerts-notice").innerText()).includes("acknowledged"), "the page says the alert was acknowledged");
+  check((await page.locator(`#alert-${alertId}`).count()) === 0, "it left the open alerts");
+  await page.getByLabel("Status").selectOption("all");
+  await page.getByRole("button", { name: "Show alerts" }).click();
+  await page.waitForURL(/status=all/);
+  const acked = await page.locator(`#alert-${alertId}`).innerText();
+  check(acked.includes("acknowledged") && acked.includes("Called the ward"), "an alert was acknowledged from the alerts page");
+  await shot(page, "alerts");
 
   // An organization-bound key sees its organization only.
   const orgPage = await newPage();
@@ -136,6 +156,11 @@ try {
   check(text.includes("patient.record.read"), "the org-bound key sees org-a's event");
   check(!text.includes("billing.invoice.read"), "the org-bound key does not see org-b's event");
   check(!(await orgPage.getByRole("navigation", { name: "Main" }).innerText()).includes("API keys"), "a reader has no admin pages");
+  await orgPage.goto(`${base}/console/alerts`);
+  const orgAlerts = await orgPage.locator("main").innerText();
+  check(orgAlerts.includes("dr-ana"), "the org-bound key sees org-a's alert");
+  check(!orgAlerts.includes("dr-ben"), "the org-bound key does not see org-b's alert");
+  check((await orgPage.getByText("Acknowledge…").count()) === 0, "a reader is offered no acknowledgement");
 
   const cspErrors = consoleErrors.filter((e) => /Content Security Policy|Refused to/i.test(e));
   check(cspErrors.length === 0, `no CSP violation on any page (${cspErrors.join(" | ")})`);
