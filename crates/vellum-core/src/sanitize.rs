@@ -99,6 +99,19 @@ fn sanitize_members(
     }
 }
 
+/// The injection signal kinds sanitization raises on `text`, for text that is already clean
+/// (a stored event's strings: sanitization ran at ingest). No copy, no normalization: one
+/// byte scan, then a regex only where the bytes say its pattern could be there. The detection
+/// rules use it to find the kinds again without re-sanitizing the event.
+pub fn signal_kinds(text: &str) -> impl Iterator<Item = SignalKind> {
+    let flags = classify(text);
+    let mut signals = Vec::new();
+    if flags & HINTS != 0 {
+        detect(text, flags, None, &mut signals);
+    }
+    signals.into_iter().map(|signal| signal.kind)
+}
+
 /// Cleans one string value in place and raises its signals. One byte scan decides both
 /// whether anything needs cleaning and whether a detector could match.
 fn sanitize_string(s: &mut String, path: Option<&Path<'_>>, signals: &mut Vec<SecuritySignal>) {
@@ -532,6 +545,14 @@ mod tests {
                 expected.push(SignalKind::Sql);
             }
             prop_assert_eq!(got, expected);
+        }
+
+        #[test]
+        fn signal_kinds_of_clean_text_match_sanitization(text in suspicious_text()) {
+            let mut value = Value::String(text);
+            let raised: Vec<SignalKind> = sanitize(&mut value).into_iter().map(|s| s.kind).collect();
+            let clean = value.as_str().unwrap_or_default();
+            prop_assert_eq!(signal_kinds(clean).collect::<Vec<_>>(), raised);
         }
 
         #[test]

@@ -550,9 +550,17 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     })
 }
 
-/// The advisory lock "partition" whose holder runs the forwarding sinks in the scale-out shape
-/// (queue partitions are far fewer, so it never names a writer's).
-pub const FORWARDER_LOCK_PARTITION: u32 = u32::MAX;
+/// The advisory lock key whose holder runs the forwarding sinks of the deployment in `schema`
+/// (scale-out shape). Advisory locks are per database, not per schema, so the key depends on
+/// the schema: two deployments sharing a database in different schemas each forward their own
+/// events. It is one of the 65 536 highest "partitions", far above any queue partition count,
+/// so it never names a writer's lock.
+pub fn forwarder_lock_key(schema: &str) -> i64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(schema.as_bytes());
+    let offset = u32::from(u16::from_be_bytes([digest[0], digest[1]]));
+    vellum_store::postgres::lock_key_for_partition(u32::MAX - offset)
+}
 
 /// How often a scale-out node without the forwarder lock tries to take it, and the holder
 /// checks that it still has it.
@@ -576,6 +584,7 @@ fn start_forwarding(
     match (deployment, postgres) {
         (config::Deployment::ScaleOut, Some(pg)) => {
             let (store, slot) = (state.store.clone(), state.forwarder.clone());
+            let schema = state.config.db_schema.clone();
             // A bad sink is a start error on every node, not only on the lock holder.
             vellum_forward::validate_sinks(&sinks)
                 .map_err(|e| config::ConfigError(e.to_string()))?;
@@ -592,9 +601,7 @@ fn start_forwarding(
                     }
                     if lease.is_none() {
                         let pg = pg.clone();
-                        let key = vellum_store::postgres::lock_key_for_partition(
-                            FORWARDER_LOCK_PARTITION,
-                        );
+                        let key = forwarder_lock_key(&schema);
                         lease = match tokio::task::spawn_blocking(move || pg.writer_lease(&[key]))
                             .await
                         {
@@ -1033,4 +1040,23 @@ pub async fn retention_offline(
     let result = run.await;
     writer.close().await?;
     result.map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_forwarder_lock_is_per_schema_and_above_the_partitions() {
+        let a = forwarder_lock_key("vellum");
+        assert_eq!(a, forwarder_lock_key("vellum"));
+        assert_ne!(a, forwarder_lock_key("tenant_b"));
+        for schema in ["vellum", "tenant_b", "x"] {
+            let partition = forwarder_lock_key(schema) & 0xFFFF_FFFF;
+            assert!(
+                partition >= i64::from(u32::MAX - 0xFFFF),
+                "{schema}: {partition}"
+            );
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! stored event JSON once so that the rules never walk JSON themselves.
 
 use crate::error::escape_pointer_token;
-use crate::sanitize::{SignalKind, sanitize};
+use crate::sanitize::SignalKind;
 use serde_json::{Map, Value};
 
 /// Most free-text strings taken from one event (the rest are not scanned by the DLP rule): an
@@ -238,15 +238,12 @@ fn bounded(text: &str) -> String {
 
 /// Kinds of the injection signals sanitization raises on the client members of the event.
 ///
-/// Sanitization checks every string value and every object key with the same detector, so
-/// running it on each of them in turn (through one reused buffer) finds the same kinds as
-/// running it on a copy of the whole event, without copying the event (a deep clone costs more
-/// than the detection itself).
+/// Sanitization checks every string value and every object key with the same detector; the
+/// stored text is already clean, so running that detector ([`crate::sanitize::signal_kinds`])
+/// on each of them in place finds the same kinds as sanitizing a copy of the event, without
+/// the copy.
 fn injection_kinds(map: &Map<String, Value>) -> Vec<String> {
-    let mut probe = Probe {
-        buffer: Value::String(String::new()),
-        kinds: Vec::new(),
-    };
+    let mut probe = Probe { kinds: Vec::new() };
     for (key, value) in map {
         if crate::model::is_server_field(key) || key == "timestamp" {
             continue;
@@ -259,7 +256,6 @@ fn injection_kinds(map: &Map<String, Value>) -> Vec<String> {
 
 /// Runs sanitization's detector on one string at a time.
 struct Probe {
-    buffer: Value,
     kinds: Vec<String>,
 }
 
@@ -282,15 +278,8 @@ impl Probe {
     }
 
     fn check(&mut self, text: &str) {
-        match &mut self.buffer {
-            Value::String(buffer) => {
-                buffer.clear();
-                buffer.push_str(text);
-            }
-            other => *other = Value::String(text.to_owned()),
-        }
-        for signal in sanitize(&mut self.buffer) {
-            let kind = match signal.kind {
+        for kind in crate::sanitize::signal_kinds(text) {
+            let kind = match kind {
                 SignalKind::Script => "script",
                 SignalKind::Sql => "sql",
             };
