@@ -75,15 +75,9 @@ pub async fn create_key(
     headers: HeaderMap,
     form: Form,
 ) -> Result<Response, ConsoleError> {
-    signed.check_form(&headers, &form)?;
-    require_read(
-        &state,
-        &signed.principal,
-        signed.peer,
-        "/console/keys",
-        Role::Admin,
-    )
-    .await?;
+    signed
+        .authorize_form(&state, &headers, &form, "/console/keys", Role::Admin)
+        .await?;
     let request = CreateKeyRequest {
         role: form.owned("role").unwrap_or_default(),
         organization_id: form.owned("organizationId"),
@@ -111,15 +105,9 @@ pub async fn revoke_key(
     headers: HeaderMap,
     form: Form,
 ) -> Result<Response, ConsoleError> {
-    signed.check_form(&headers, &form)?;
-    require_read(
-        &state,
-        &signed.principal,
-        signed.peer,
-        "/console/keys/revoke",
-        Role::Admin,
-    )
-    .await?;
+    signed
+        .authorize_form(&state, &headers, &form, "/console/keys/revoke", Role::Admin)
+        .await?;
     let id = form
         .owned("id")
         .ok_or_else(|| ConsoleError::bad_request("which key?"))?;
@@ -252,15 +240,15 @@ pub async fn save_policies(
     headers: HeaderMap,
     form: Form,
 ) -> Result<Response, ConsoleError> {
-    signed.check_form(&headers, &form)?;
-    require_read(
-        &state,
-        &signed.principal,
-        signed.peer,
-        "/console/retention/policies",
-        Role::Admin,
-    )
-    .await?;
+    signed
+        .authorize_form(
+            &state,
+            &headers,
+            &form,
+            "/console/retention/policies",
+            Role::Admin,
+        )
+        .await?;
     let text = form.owned("policies").unwrap_or_default();
     let policies: RetentionPolicies = match serde_json::from_str(&text) {
         Ok(p) => p,
@@ -291,15 +279,15 @@ pub async fn apply_retention(
     headers: HeaderMap,
     form: Form,
 ) -> Result<Response, ConsoleError> {
-    signed.check_form(&headers, &form)?;
-    require_read(
-        &state,
-        &signed.principal,
-        signed.peer,
-        "/console/retention/apply",
-        Role::Admin,
-    )
-    .await?;
+    signed
+        .authorize_form(
+            &state,
+            &headers,
+            &form,
+            "/console/retention/apply",
+            Role::Admin,
+        )
+        .await?;
     crate::retention::require_unbound(&signed.principal)?;
     let dry_run = form.get("mode") != Some("apply");
     if !dry_run && form.get("confirm") != Some("yes") {
@@ -328,15 +316,9 @@ pub async fn create_hold(
     headers: HeaderMap,
     form: Form,
 ) -> Result<Response, ConsoleError> {
-    signed.check_form(&headers, &form)?;
-    require_read(
-        &state,
-        &signed.principal,
-        signed.peer,
-        "/console/holds",
-        Role::Admin,
-    )
-    .await?;
+    signed
+        .authorize_form(&state, &headers, &form, "/console/holds", Role::Admin)
+        .await?;
     let hold = LegalHold {
         id: form.owned("id"),
         reason: form.owned("reason").unwrap_or_default(),
@@ -363,15 +345,15 @@ pub async fn release_hold(
     headers: HeaderMap,
     form: Form,
 ) -> Result<Response, ConsoleError> {
-    signed.check_form(&headers, &form)?;
-    require_read(
-        &state,
-        &signed.principal,
-        signed.peer,
-        "/console/holds/release",
-        Role::Admin,
-    )
-    .await?;
+    signed
+        .authorize_form(
+            &state,
+            &headers,
+            &form,
+            "/console/holds/release",
+            Role::Admin,
+        )
+        .await?;
     let id = form
         .owned("id")
         .ok_or_else(|| ConsoleError::bad_request("which hold?"))?;

@@ -325,15 +325,9 @@ pub async fn acknowledge(
     headers: HeaderMap,
     form: Form,
 ) -> Result<Response, ConsoleError> {
-    signed.check_form(&headers, &form)?;
-    require_read(
-        &state,
-        &signed.principal,
-        signed.peer,
-        ACK_ENDPOINT,
-        Role::Auditor,
-    )
-    .await?;
+    signed
+        .authorize_form(&state, &headers, &form, ACK_ENDPOINT, Role::Auditor)
+        .await?;
     let id = form
         .get("id")
         .ok_or_else(|| ConsoleError::bad_request("which alert?"))?;

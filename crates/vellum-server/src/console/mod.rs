@@ -311,6 +311,22 @@ impl Signed {
         }
     }
 
+    /// Refuses a form post this session may not make: from another origin, without this
+    /// session's token, or needing a role the key lacks (that refusal is audited, like any
+    /// refused read: [`crate::api::require_read`]).
+    pub async fn authorize_form(
+        &self,
+        state: &AppState,
+        headers: &HeaderMap,
+        form: &Form,
+        endpoint: &str,
+        role: crate::auth::Role,
+    ) -> Result<(), ConsoleError> {
+        self.check_form(headers, form)?;
+        crate::api::require_read(state, &self.principal, self.peer, endpoint, role).await?;
+        Ok(())
+    }
+
     /// Refuses a form that came from another origin or lacks this session's token.
     pub fn check_form(&self, headers: &HeaderMap, form: &Form) -> Result<(), ConsoleError> {
         if !csrf::same_origin(headers, self.tls) {

@@ -52,15 +52,9 @@ pub async fn generate(
     headers: HeaderMap,
     form: Form,
 ) -> Result<Response, ConsoleError> {
-    signed.check_form(&headers, &form)?;
-    require_read(
-        &state,
-        &signed.principal,
-        signed.peer,
-        "/console/reports",
-        Role::Auditor,
-    )
-    .await?;
+    signed
+        .authorize_form(&state, &headers, &form, "/console/reports", Role::Auditor)
+        .await?;
     let need = |name: &str| {
         form.get(name)
             .ok_or_else(|| ConsoleError::bad_request(format!("{name} is required")))
