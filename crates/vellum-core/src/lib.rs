@@ -27,6 +27,7 @@ pub mod report;
 pub mod retention;
 pub mod sanitize;
 pub mod shred;
+pub mod synthetic;
 pub mod tiles;
 pub mod time_fmt;
 pub mod validate;
