@@ -89,6 +89,46 @@ impl Compiled {
     }
 }
 
+/// A rule that counts matching events per key over a sliding window (`failed_logins`,
+/// `phi_volume`) and alerts past a threshold.
+struct CountRule {
+    rule: RuleId,
+    threshold: u64,
+    window_secs: u64,
+    window_micros: i64,
+    cooldown: i64,
+}
+
+impl CountRule {
+    /// Counts `event` for its key in `windows`; the alert when the window passes the
+    /// threshold (outside the key's cooldown). `describe(count, who, window)` words it.
+    fn count(
+        &self,
+        windows: &mut KeyedLru<CountWindow>,
+        event: &ObservedEvent,
+        at: i64,
+        describe: impl FnOnce(u64, &str, String) -> String,
+    ) -> Option<Alert> {
+        let key = window_key(event)?;
+        let burst = windows.touch(&key, CountWindow::default).add(
+            at,
+            &event.id,
+            self.window_micros,
+            self.threshold,
+            self.cooldown,
+        )?;
+        let description = describe(burst.count, &who(event), human_secs(self.window_secs));
+        Some(window_alert(
+            self.rule,
+            event,
+            burst,
+            self.threshold,
+            self.window_secs,
+            description,
+        ))
+    }
+}
+
 /// The engine's state, serializable, so that a restart keeps windows, known locations, source
 /// rates and cooldowns. Opaque but for its version and the per-log positions.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -405,33 +445,18 @@ impl Engine {
         if !c.enabled || !Glob::any_match(&self.rules.failed_actions, &event.action) {
             return;
         }
-        let Some(key) = window_key(event) else {
-            return;
+        let window = CountRule {
+            rule: RuleId::FailedLogins,
+            threshold: c.threshold,
+            window_secs: c.window_secs,
+            window_micros: self.rules.failed_window,
+            cooldown: self.rules.cooldown,
         };
-        let (threshold, window_secs) = (c.threshold, c.window_secs);
-        let burst = self.failed_logins.touch(&key, CountWindow::default).add(
-            at,
-            &event.id,
-            self.rules.failed_window,
-            threshold,
-            self.rules.cooldown,
+        alerts.extend(
+            window.count(&mut self.failed_logins, event, at, |count, who, within| {
+                format!("{count} failed logins for {who} within {within}")
+            }),
         );
-        if let Some(burst) = burst {
-            let description = format!(
-                "{} failed logins for {} within {}",
-                burst.count,
-                who(event),
-                human_secs(window_secs)
-            );
-            alerts.push(window_alert(
-                RuleId::FailedLogins,
-                event,
-                burst,
-                threshold,
-                window_secs,
-                description,
-            ));
-        }
     }
 
     fn phi_volume(&mut self, event: &ObservedEvent, at: i64, alerts: &mut Vec<Alert>) {
@@ -439,35 +464,19 @@ impl Engine {
         if !c.enabled || !event.is_phi() {
             return;
         }
-        let Some(key) = window_key(event) else {
-            return;
+        let window = CountRule {
+            rule: RuleId::PhiVolume,
+            threshold: c.threshold,
+            window_secs: c.window_secs,
+            window_micros: self.rules.phi_window,
+            cooldown: self.rules.cooldown,
         };
-        let (threshold, window_secs) = (c.threshold, c.window_secs);
-        let burst = self.phi_volume.touch(&key, CountWindow::default).add(
-            at,
-            &event.id,
-            self.rules.phi_window,
-            threshold,
-            self.rules.cooldown,
+        alerts.extend(
+            window.count(&mut self.phi_volume, event, at, |count, who, within| {
+                format!("{count} PHI accesses by {who} within {within}")
+            }),
         );
-        if let Some(burst) = burst {
-            let description = format!(
-                "{} PHI accesses by {} within {}",
-                burst.count,
-                who(event),
-                human_secs(window_secs)
-            );
-            alerts.push(window_alert(
-                RuleId::PhiVolume,
-                event,
-                burst,
-                threshold,
-                window_secs,
-                description,
-            ));
-        }
     }
-
     fn off_hours(&mut self, event: &ObservedEvent, at: i64, alerts: &mut Vec<Alert>) {
         if !self.config.off_hours.enabled || !event.is_phi() {
             return;
