@@ -576,6 +576,8 @@ fn start_forwarding(
     deployment: config::Deployment,
     postgres: Option<Arc<vellum_store::postgres::PgStore>>,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, ServerError> {
+    // The sinks were validated by `start` before anything was opened, on every node (a bad
+    // sink is a start error everywhere, not only on the node that takes the lock).
     let sinks = state.config.forward.sinks.clone();
     if sinks.is_empty() {
         return Ok(None);
@@ -585,9 +587,6 @@ fn start_forwarding(
         (config::Deployment::ScaleOut, Some(pg)) => {
             let (store, slot) = (state.store.clone(), state.forwarder.clone());
             let schema = state.config.db_schema.clone();
-            // A bad sink is a start error on every node, not only on the lock holder.
-            vellum_forward::validate_sinks(&sinks)
-                .map_err(|e| config::ConfigError(e.to_string()))?;
             Ok(Some(tokio::spawn(async move {
                 let mut lease: Option<vellum_store::postgres::PgLease> = None;
                 loop {
