@@ -62,6 +62,49 @@ def lag_quantiles(port):
     return out
 
 
+def metric_lines(port, name):
+    """A metric's exposition lines from a worker (for the record of a run)."""
+    import urllib.request
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {line.split()[0]: float(line.split()[-1]) for line in text.splitlines()
+            if line.startswith(name)}
+
+
+def service_cpu_seconds(name):
+    """CPU seconds of every process called `name` (e.g. postgres, redis-server), counting the
+    children they reaped (PostgreSQL backends that ended), from /proc."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                head, rest = f.read().rsplit(")", 1)
+        except OSError:
+            continue
+        if head.split("(", 1)[1] != name:
+            continue
+        fields = rest.split()
+        total += sum(int(fields[i]) for i in (11, 12, 13, 14)) / tick
+    return total
+
+
+def committed_events(ports):
+    """Events the workers committed (`vellum_worker_events_committed_total`, summed)."""
+    import urllib.request
+    total = 0
+    for port in ports:
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("vellum_worker_events_committed_total"):
+                total += int(float(line.split()[-1]))
+    return total
+
+
 def count_events(db):
     out = subprocess.run(["psql", "-tA", "-h", "127.0.0.1", "-U", "postgres", "-d", db, "-c",
                           "SELECT count(*) FROM vellum.events"], capture_output=True, text=True)
@@ -106,6 +149,14 @@ def vellum_run(workers, events, log, batch, concurrency, wait="queued", rate=Non
         time.sleep(3)
         key = open(os.path.join(api_dir, "admin.key")).read().strip()
         cpu_before = [cpu_seconds(p.pid) or 0 for p in procs]
+        services_before = {n: service_cpu_seconds(n) for n in ("postgres", "redis-server")}
+        profiler = None
+        if os.environ.get("VELLUM_BENCH_PERF"):
+            # Whole-machine profile of the measured interval only (perf report --sort comm,sym).
+            profiler = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", os.environ.get("VELLUM_BENCH_PERF_HZ", "999"), "-a", *os.environ.get("VELLUM_BENCH_PERF_ARGS", "").split(), "-o",
+                                         os.environ["VELLUM_BENCH_PERF"]],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
         t0 = time.time()
         out = subprocess.run(
             [BIN, "bench", "--url", f"http://127.0.0.1:{api_port}", "--api-key", key,
@@ -118,13 +169,22 @@ def vellum_run(workers, events, log, batch, concurrency, wait="queued", rate=Non
         result = json.loads(out.stdout.strip().splitlines()[-1])
         if wait == "queued":
             # As the seed harness measures: first enqueue to last commit.
+            # Completion is read from the workers' own committed counters, as the seed
+            # harness reads its workers' (IPC, every 20 ms): polling PostgreSQL with a
+            # `count(*)` from a new psql process each time cost a backend fork and a
+            # full scan per poll, CPU taken from the stack being measured.
             deadline = time.time() + 600
+            while committed_events(worker_ports) < events and time.time() < deadline:
+                time.sleep(0.02)
+            # The counter also counts alerts the workers' detection appended; the table
+            # has the last word (rarely needed: alerts are few).
             while count_events(db) < events and time.time() < deadline:
-                time.sleep(0.05)
+                time.sleep(0.02)
             wall = time.time() - t0
             result["enqueuedPerSecond"] = result["eventsPerSecond"]
             result["eventsPerSecond"] = events / wall
             lags = [lag_quantiles(p) for p in worker_ports]
+            result["commitBatch"] = [metric_lines(p, "vellum_commit_batch_size") for p in worker_ports]
             result["latencyMs"] = {
                 "p50": max(l.get("0.5", 0) for l in lags),
                 "p99": max(l.get("0.99", 0) for l in lags),
@@ -132,8 +192,12 @@ def vellum_run(workers, events, log, batch, concurrency, wait="queued", rate=Non
             }
         else:
             wall = time.time() - t0
+        if profiler:
+            profiler.send_signal(2)
+            profiler.wait()
         cpu = [(cpu_seconds(p.pid) or 0) - b for p, b in zip(procs, cpu_before)]
         result["workerCpuSeconds"] = [round(c, 2) for c in cpu[:workers]]
+        result["serviceCpuSeconds"] = {n: round(service_cpu_seconds(n) - b, 2) for n, b in services_before.items()}
         result["apiCpuSeconds"] = round(cpu[-1], 2)
         result["wallSeconds"] = round(wall, 2)
         return result
@@ -178,6 +242,7 @@ def main():
     ap.add_argument("--log", choices=["org", "single"], default="org")
     ap.add_argument("--batch", type=int, default=1, help="events per Vellum request (the seed adds one per call)")
     ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--only", choices=["vellum", "seed"], help="run one stack only (for profiling)")
     ap.add_argument("--rate", type=float, help="open loop at this many events/s (for latency at a sustainable load)")
     ap.add_argument("--wait", choices=["queued", "committed"], default="queued",
                     help="queued: 202 on enqueue like queue.add, throughput = first enqueue to last commit "
@@ -187,13 +252,20 @@ def main():
     if not os.path.exists(events_file):
         subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bullmq", "gen-events.py"), str(args.events),
                         "--out", events_file, "--distinct", "1024"], check=True)
-    print(f"# fsync before: {fsync_probe()}", flush=True)
+    if not os.environ.get("VELLUM_BENCH_PERF"):
+        print(f"# fsync before: {fsync_probe()}", flush=True)
     rows = {}
     for workers in args.workers:
         v_runs, b_runs = [], []
         for i in range(args.runs):
-            v = vellum_run(workers, args.events, args.log, args.batch, args.concurrency, args.wait, args.rate)
-            print(json.dumps({"stack": "vellum", "workers": workers, "run": i + 1, **v}), flush=True)
+            v = {"eventsPerSecond": None, "latencyMs": {"p50": None, "p99": None}}
+            if args.only != "seed":
+                v = vellum_run(workers, args.events, args.log, args.batch, args.concurrency, args.wait, args.rate)
+                print(json.dumps({"stack": "vellum", "workers": workers, "run": i + 1, **v}), flush=True)
+            if args.only == "vellum":
+                v_runs.append(v)
+                b_runs.append({"eventsPerSecond": None, "latencyMs": {"p50": None, "p99": None}})
+                continue
             # With --batch N, the seed's producer enqueues N jobs per call too (addBulk).
             b = bullmq_run(workers, events_file, args.log, args.batch, args.rate)
             print(json.dumps({"stack": "bullmq", "workers": workers, "run": i + 1,
@@ -206,7 +278,8 @@ def main():
     print(f"\n| workers | Vellum events/s | seed stack events/s | ratio per pair | Vellum p50 / p99 ms | seed p50 / p99 ms |")
     print("| --- | --- | --- | --- | --- | --- |")
     for workers, (v_runs, b_runs) in rows.items():
-        ratios = [v["eventsPerSecond"] / b["eventsPerSecond"] for v, b in zip(v_runs, b_runs) if b["eventsPerSecond"]]
+        ratios = [v["eventsPerSecond"] / b["eventsPerSecond"] for v, b in zip(v_runs, b_runs)
+                  if b["eventsPerSecond"] and v["eventsPerSecond"]]
         v_lat = f"{med([v['latencyMs']['p50'] for v in v_runs])} / {med([v['latencyMs']['p99'] for v in v_runs])}"
         b_lat = f"{med([b['latencyMs']['p50'] for b in b_runs])} / {med([b['latencyMs']['p99'] for b in b_runs])}"
         print(f"| {workers} | {med([v['eventsPerSecond'] for v in v_runs])} | {med([b['eventsPerSecond'] for b in b_runs])} "
