@@ -4,7 +4,7 @@
 
 use super::pg_err;
 use super::schema::INDEXED_CHARS;
-use super::tokenize::{TextQuery, tsquery_literal, tsvector_literal};
+use super::tokenize::{TextQuery, TsVector, tsquery_literal};
 use crate::StoreError;
 use crate::index::IndexRow;
 use crate::model::{SearchPage, SearchQuery, Stats, StatsQuery, StoredEvent, TimeBucket};
@@ -81,8 +81,8 @@ pub(crate) struct IndexColumns {
     /// `bigint[]` literals (`{1,-2}`): `unnest` cannot produce one array per row from a
     /// two-dimensional array.
     pub(crate) tags: Vec<String>,
-    /// `tsvector` literals.
-    pub(crate) tsv: Vec<String>,
+    /// The free text, as `tsvector`s in binary form.
+    pub(crate) tsv: Vec<TsVector>,
 }
 
 impl IndexColumns {
@@ -102,7 +102,7 @@ impl IndexColumns {
         self.seq.push(seq);
         self.ms.push(key_ms(row.ts));
         self.ts.push(row.ts);
-        self.tsv.push(tsvector_literal(&no_nul(row.text)));
+        self.tsv.push(TsVector::of(&no_nul(row.text)));
         self.action.push(no_nul(row.action));
         self.status.push(no_nul(row.status));
         self.classification.push(opt(row.classification));
