@@ -30,11 +30,68 @@ use vellum_core::sanitize::SecuritySignal;
 use vellum_queue::{Lane, Producer, QueueConfig, QueueError, ReceiptListener};
 use vellum_store::AuditStore;
 
-/// Version of the [`QueueMessage`] format; a worker refuses (dead-letters) other versions.
-pub const MESSAGE_VERSION: u8 = 1;
+/// Version of the [`QueueMessage`] format an API node writes. A worker reads this one and
+/// [`OLDEST_READABLE_VERSION`] onwards, and dead-letters others (a newer API node's), so during
+/// a rolling upgrade workers go first.
+///
+/// Version 2 carries `event` as a JSON object (the canonical text verbatim); version 1 carried
+/// it as a JSON string, which cost the API node an escaping pass over every quote of the event
+/// and the worker the matching unescaping.
+pub const MESSAGE_VERSION: u8 = 2;
+
+/// The oldest [`QueueMessage`] version a worker still reads.
+pub const OLDEST_READABLE_VERSION: u8 = 1;
+
+/// The prepared members as one canonical JSON object, carried through the queue verbatim.
+///
+/// Serialized as the object itself (not as a string holding it), so neither side escapes
+/// anything. Reads either form: the object (version 2) or a string holding it (version 1).
+#[derive(Debug, Clone)]
+pub struct CanonicalObject(Box<serde_json::value::RawValue>);
+
+impl CanonicalObject {
+    /// Wraps canonical text. Fails only if `text` is not JSON, which canonical text always is.
+    pub fn new(text: String) -> Result<Self, serde_json::Error> {
+        serde_json::value::RawValue::from_string(text).map(CanonicalObject)
+    }
+
+    /// The canonical text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for CanonicalObject {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for CanonicalObject {}
+
+impl Serialize for CanonicalObject {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for CanonicalObject {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = Box::<serde_json::value::RawValue>::deserialize(deserializer)?;
+        if raw.get().starts_with('"') {
+            // Version 1: a string holding the object.
+            let text: String = serde_json::from_str(raw.get()).map_err(serde::de::Error::custom)?;
+            return CanonicalObject::new(text).map_err(serde::de::Error::custom);
+        }
+        Ok(CanonicalObject(raw))
+    }
+}
 
 /// What an API node puts on the queue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Deserialized through [`WireMessage`]: serde reads an internally tagged enum by buffering
+/// its fields, which a raw JSON value ([`CanonicalObject`]) cannot pass through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum QueueMessage {
     /// One prepared event.
@@ -49,7 +106,7 @@ pub enum QueueMessage {
         /// Node whose receipt channel wants the receipt.
         node: String,
         /// The prepared members as one canonical JSON object.
-        event: String,
+        event: CanonicalObject,
         /// The tenant (picks the log).
         organization_id: Option<String>,
         /// The event's own `idempotencyKey`, as the client sent it.
@@ -77,29 +134,79 @@ pub enum QueueMessage {
     },
 }
 
+/// The fields of either [`QueueMessage`] kind, as they arrive.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireMessage {
+    kind: String,
+    v: u8,
+    id: Option<uuid::Uuid>,
+    key: String,
+    node: String,
+    event: Option<CanonicalObject>,
+    log_id: Option<String>,
+    organization_id: Option<String>,
+    idempotency_key: Option<String>,
+    redactions: Option<Vec<String>>,
+    signals: Option<Vec<SecuritySignal>>,
+    checkpoint: Option<bool>,
+    queued_micros: Option<i64>,
+}
+
+impl<'de> Deserialize<'de> for QueueMessage {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let wire = WireMessage::deserialize(deserializer)?;
+        let missing = |field: &'static str| D::Error::missing_field(field);
+        match wire.kind.as_str() {
+            "event" => Ok(QueueMessage::Event {
+                v: wire.v,
+                id: wire.id.ok_or_else(|| missing("id"))?,
+                key: wire.key,
+                node: wire.node,
+                event: wire.event.ok_or_else(|| missing("event"))?,
+                organization_id: wire.organization_id,
+                idempotency_key: wire.idempotency_key,
+                redactions: wire.redactions.ok_or_else(|| missing("redactions"))?,
+                signals: wire.signals.ok_or_else(|| missing("signals"))?,
+                checkpoint: wire.checkpoint.ok_or_else(|| missing("checkpoint"))?,
+                queued_micros: wire.queued_micros.ok_or_else(|| missing("queuedMicros"))?,
+            }),
+            "checkpoint" => Ok(QueueMessage::Checkpoint {
+                v: wire.v,
+                log_id: wire.log_id.ok_or_else(|| missing("logId"))?,
+                key: wire.key,
+                node: wire.node,
+            }),
+            other => Err(D::Error::unknown_variant(other, &["event", "checkpoint"])),
+        }
+    }
+}
+
 impl QueueMessage {
-    /// The message for one submission.
+    /// The message for one submission. Fails only if the members' canonical text is not
+    /// JSON (a bug, reported rather than queued).
     pub fn for_event(
         submission: &Submission,
         id: uuid::Uuid,
         key: String,
         node: &str,
         checkpoint: bool,
-    ) -> Self {
+    ) -> Result<Self, serde_json::Error> {
         let event = &submission.event;
-        QueueMessage::Event {
+        Ok(QueueMessage::Event {
             v: MESSAGE_VERSION,
             id,
             key,
             node: node.to_owned(),
-            event: event.members.to_canonical_object(),
+            event: CanonicalObject::new(event.members.to_canonical_object())?,
             organization_id: event.organization_id.clone(),
             idempotency_key: event.idempotency_key.clone(),
             redactions: event.redactions.clone(),
             signals: event.signals.clone(),
             checkpoint,
             queued_micros: vellum_core::time_fmt::unix_micros(time::OffsetDateTime::now_utc()),
-        }
+        })
     }
 
     /// Decodes a payload; the error says why a worker dead-letters it.
@@ -109,9 +216,10 @@ impl QueueMessage {
         let v = match &message {
             QueueMessage::Event { v, .. } | QueueMessage::Checkpoint { v, .. } => *v,
         };
-        if v != MESSAGE_VERSION {
+        if !(OLDEST_READABLE_VERSION..=MESSAGE_VERSION).contains(&v) {
             return Err(format!(
-                "message version {v}; this worker reads version {MESSAGE_VERSION}"
+                "message version {v}; this worker reads versions {OLDEST_READABLE_VERSION} to \
+                 {MESSAGE_VERSION}"
             ));
         }
         Ok(message)
@@ -133,7 +241,8 @@ impl QueueMessage {
         else {
             return Ok(None);
         };
-        let members = CanonicalMembers::from_canonical_object(&event).map_err(|e| e.to_string())?;
+        let members =
+            CanonicalMembers::from_canonical_object(event.as_str()).map_err(|e| e.to_string())?;
         Ok(Some((
             Submission {
                 event: PreparedEvent {
@@ -346,10 +455,10 @@ impl QueueIngest {
                 (None, Some(internal)) => internal.clone(),
                 (None, None) => format!("{QUEUE_KEY_PREFIX}{id}"),
             };
-            let message =
-                QueueMessage::for_event(submission, id, key.clone(), &self.node, checkpoint);
-            let payload = serde_json::to_vec(&message)
-                .map_err(|e| self.refuse(format!("encoding a message: {e}")))?;
+            let payload =
+                QueueMessage::for_event(submission, id, key.clone(), &self.node, checkpoint)
+                    .and_then(|message| serde_json::to_vec(&message))
+                    .map_err(|e| self.refuse(format!("encoding a message: {e}")))?;
             by_partition
                 .entry(partition_of(&log_id, self.partitions))
                 .or_default()
@@ -521,8 +630,24 @@ mod tests {
             id: None,
         };
         let id = uuid::Uuid::now_v7();
-        let message = QueueMessage::for_event(&submission, id, "key:e:k-1".into(), "n1", true);
+        let message = QueueMessage::for_event(&submission, id, "key:e:k-1".into(), "n1", true)
+            .expect("message");
         let bytes = serde_json::to_vec(&message).expect("encode");
+        // Version 2: the canonical text sits in the payload as it is, not escaped.
+        let canonical = prepared.members.to_canonical_object();
+        let text = String::from_utf8(bytes.clone()).expect("utf-8");
+        assert!(text.contains(&format!("\"event\":{canonical}")), "{text}");
+        // A version-1 payload (the text as a JSON string) decodes to the same message.
+        let mut v1: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+        v1["v"] = 1.into();
+        v1["event"] = serde_json::Value::String(canonical.clone());
+        let from_v1 = QueueMessage::decode(&serde_json::to_vec(&v1).expect("v1")).expect("v1");
+        match (&from_v1, &message) {
+            (QueueMessage::Event { event: a, .. }, QueueMessage::Event { event: b, .. }) => {
+                assert_eq!(a, b)
+            }
+            _ => panic!("events"),
+        }
         let (back, checkpoint) = QueueMessage::decode(&bytes)
             .expect("decode")
             .into_submission()
@@ -557,5 +682,23 @@ mod tests {
         .expect("json");
         let message = QueueMessage::decode(&reordered).expect("decodes");
         assert!(message.into_submission().is_err());
+        let reordered_v2 = br#"{"kind":"event","v":2,"id":"00000000-0000-0000-0000-000000000000","key":"k","node":"n","event":{"status":"success","action":"x"},"organizationId":null,"idempotencyKey":null,"redactions":[],"signals":[],"checkpoint":false,"queuedMicros":0}"#;
+        let message = QueueMessage::decode(reordered_v2).expect("decodes");
+        assert!(message.into_submission().is_err());
+        let spaced_v2 = br#"{"kind":"event","v":2,"id":"00000000-0000-0000-0000-000000000000","key":"k","node":"n","event":{"action": "x","status":"success"},"organizationId":null,"idempotencyKey":null,"redactions":[],"signals":[],"checkpoint":false,"queuedMicros":0}"#;
+        let message = QueueMessage::decode(spaced_v2).expect("decodes");
+        assert!(message.into_submission().is_err());
+        let unknown_kind = br#"{"kind":"gossip","v":2,"key":"k","node":"n"}"#;
+        assert!(
+            QueueMessage::decode(unknown_kind)
+                .unwrap_err()
+                .contains("gossip")
+        );
+        let no_event = br#"{"kind":"event","v":2,"id":"00000000-0000-0000-0000-000000000000","key":"k","node":"n","redactions":[],"signals":[],"checkpoint":false,"queuedMicros":0}"#;
+        assert!(
+            QueueMessage::decode(no_event)
+                .unwrap_err()
+                .contains("missing field `event`")
+        );
     }
 }
