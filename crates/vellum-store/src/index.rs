@@ -42,7 +42,6 @@ use crate::StoreError;
 use crate::model::{SearchPage, SearchQuery, StoredEvent};
 use base64::Engine;
 use rusqlite::{Connection, ToSql, params};
-use serde_json::Value;
 
 /// The fields of one event that the index stores.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -63,35 +62,6 @@ pub(crate) struct IndexRow {
     pub(crate) correlation_id: Option<String>,
     pub(crate) emergency: bool,
     pub(crate) text: String,
-}
-
-/// Top-level fields whose strings are not free text (ids, hashes, server bookkeeping).
-const NOT_TEXT: &[&str] = &[
-    "id",
-    "logId",
-    "seq",
-    "prevHash",
-    "keyId",
-    "receivedAt",
-    "timestamp",
-    "eventVersion",
-    "redactions",
-    "idempotencyKey",
-    "sealed",
-];
-
-fn collect_text(value: &Value, out: &mut String) {
-    match value {
-        Value::String(s) => {
-            if !out.is_empty() {
-                out.push(' ');
-            }
-            out.push_str(s);
-        }
-        Value::Array(items) => items.iter().for_each(|v| collect_text(v, out)),
-        Value::Object(map) => map.values().for_each(|v| collect_text(v, out)),
-        _ => {}
-    }
 }
 
 /// The exact-match token of a high-cardinality filter value in the FTS `tags` column: a
@@ -140,52 +110,7 @@ impl IndexRow {
     }
 }
 
-fn string_at(event: &Value, pointer: &str) -> Option<String> {
-    event
-        .pointer(pointer)
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-}
-
-/// Extracts the index row of a stored event's canonical text.
-pub(crate) fn extract(canonical: &str) -> Result<IndexRow, StoreError> {
-    let event: Value = serde_json::from_str(canonical)
-        .map_err(|e| StoreError::Corrupt(format!("stored event is not JSON: {e}")))?;
-    let ts = string_at(&event, "/timestamp")
-        .or_else(|| string_at(&event, "/receivedAt"))
-        .and_then(|t| vellum_core::time_fmt::parse_rfc3339(&t).ok())
-        .map(vellum_core::time_fmt::unix_micros)
-        .unwrap_or(0);
-    let mut text = String::new();
-    if let Value::Object(map) = &event {
-        for (key, value) in map {
-            if !NOT_TEXT.contains(&key.as_str()) {
-                collect_text(value, &mut text);
-            }
-        }
-    }
-    Ok(IndexRow {
-        ts,
-        log_id: string_at(&event, "/logId").unwrap_or_default(),
-        action: string_at(&event, "/action").unwrap_or_default(),
-        status: string_at(&event, "/status").unwrap_or_default(),
-        classification: string_at(&event, "/dataClassification"),
-        principal_id: string_at(&event, "/principalId"),
-        organization_id: string_at(&event, "/organizationId"),
-        target_type: string_at(&event, "/targetResourceType"),
-        target_id: string_at(&event, "/targetResourceId"),
-        session_id: string_at(&event, "/sessionContext/sessionId"),
-        ip: string_at(&event, "/sessionContext/ipAddress"),
-        patient_id: string_at(&event, "/healthcareContext/patientId"),
-        // A sealed event keeps its subject only as a tag under the subject's own key
-        // (`vellum_core::shred`): searchable while the key exists, unreachable after erasure.
-        subject_id: string_at(&event, "/gdprContext/dataSubjectId")
-            .or_else(|| string_at(&event, "/sealed/subjectTag")),
-        correlation_id: string_at(&event, "/correlationId"),
-        emergency: event.pointer("/healthcareContext/emergencyAccess") == Some(&Value::Bool(true)),
-        text,
-    })
-}
+pub(crate) use crate::extract::extract;
 
 /// Bits of the sort key below the millisecond: the slot that orders and separates events of
 /// the same millisecond.

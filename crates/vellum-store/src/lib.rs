@@ -23,6 +23,7 @@ pub mod model;
 pub mod postgres;
 pub mod sqlite;
 
+mod extract;
 mod index;
 mod schema;
 mod stats;

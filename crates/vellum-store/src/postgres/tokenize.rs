@@ -81,20 +81,34 @@ fn fold(c: char) -> Option<char> {
 /// folding into one reused buffer (an event has dozens of tokens; this runs for each event
 /// the store appends).
 fn for_each_token(text: &str, mut each: impl FnMut(&str)) {
+    let bytes = text.as_bytes();
     let mut token = String::new();
     let mut in_token = false;
-    for c in text.chars() {
-        if in_token {
-            if is_token_char(c) || is_diacritic(c) {
-                token.extend(fold(c));
-            } else {
-                each(&token);
-                token.clear();
-                in_token = false;
-            }
-        } else if is_token_char(c) {
-            token.extend(fold(c));
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        // ASCII (nearly all of an audit event) without decoding: a letter or digit continues
+        // or starts a token, anything else ends it.
+        let (is_token, folded) = if b.is_ascii() {
+            i += 1;
+            (
+                b.is_ascii_alphanumeric(),
+                Some(char::from(b.to_ascii_lowercase())),
+            )
+        } else {
+            let Some(c) = text[i..].chars().next() else {
+                break;
+            };
+            i += c.len_utf8();
+            (is_token_char(c) || (in_token && is_diacritic(c)), fold(c))
+        };
+        if is_token {
+            token.extend(folded);
             in_token = true;
+        } else if in_token {
+            each(&token);
+            token.clear();
+            in_token = false;
         }
     }
     if in_token {
@@ -164,24 +178,29 @@ impl TsVector {
             let position = u16::try_from(index.min(MAX_POSITION)).unwrap_or(u16::MAX);
             spans.push((start, end, position));
         });
-        let lexeme = |(start, end, _): &(u32, u32, u16)| &buffer[*start as usize..*end as usize];
-        // Byte order is `tsvector`'s lexeme order; positions stay ascending within a lexeme.
-        spans.sort_by(|a, b| lexeme(a).cmp(lexeme(b)).then(a.2.cmp(&b.2)));
+        let mut words: Vec<(&[u8], u16)> = spans
+            .iter()
+            .map(|&(start, end, position)| {
+                (&buffer.as_bytes()[start as usize..end as usize], position)
+            })
+            .collect();
+        // Byte order is `tsvector`'s lexeme order; positions ascending within a lexeme.
+        words.sort_unstable();
 
-        let mut encoded = Vec::with_capacity(4 + buffer.len() + spans.len() * 5);
+        let mut encoded = Vec::with_capacity(4 + buffer.len() + words.len() * 5);
         encoded.extend_from_slice(&[0; 4]);
         let mut entries: u32 = 0;
         let mut i = 0;
-        while i < spans.len() {
-            let word = lexeme(&spans[i]);
-            encoded.extend_from_slice(word.as_bytes());
+        while i < words.len() {
+            let word = words[i].0;
+            encoded.extend_from_slice(word);
             encoded.push(0);
             let count_at = encoded.len();
             encoded.extend_from_slice(&[0; 2]);
             let mut count: u16 = 0;
             let mut last: Option<u16> = None;
-            while i < spans.len() && lexeme(&spans[i]) == word {
-                let position = spans[i].2;
+            while i < words.len() && words[i].0 == word {
+                let position = words[i].1;
                 if last != Some(position) && usize::from(count) < MAX_POSITIONS_PER_LEXEME {
                     encoded.extend_from_slice(&position.to_be_bytes());
                     count += 1;
