@@ -387,7 +387,7 @@ async fn queued_response(
         return Err(ApiError::invalid(details));
     }
     let queued = queue
-        .enqueue(submissions, lane, false)
+        .enqueue(submissions, lane, false, false)
         .await
         .map_err(submit_error)?;
     let body = if single {

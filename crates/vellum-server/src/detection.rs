@@ -358,7 +358,7 @@ impl Worker {
                     Err(e) => Err(e.to_string()),
                 },
                 AlertDestination::Queue(queue) => queue
-                    .enqueue(&submissions, vellum_queue::Lane::High, false)
+                    .enqueue(&submissions, vellum_queue::Lane::High, false, false)
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string()),

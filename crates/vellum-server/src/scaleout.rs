@@ -117,6 +117,12 @@ pub enum QueueMessage {
         signals: Vec<SecuritySignal>,
         /// Sign a checkpoint covering this event in its commit (`?wait=checkpoint`).
         checkpoint: bool,
+        /// Whether the API node waits for the receipt (`?wait=committed|checkpoint`, the
+        /// server's own audit records). Without a waiter the worker publishes nothing: a 202
+        /// answered event needs no notice, and publishing one per event cost Redis, the
+        /// worker and every API node's receipt listener work for nothing. Absent (version 1):
+        /// notify.
+        notify: bool,
         /// When the API node queued it (Unix µs), for the queue-lag metric.
         queued_micros: i64,
     },
@@ -150,6 +156,7 @@ struct WireMessage {
     redactions: Option<Vec<String>>,
     signals: Option<Vec<SecuritySignal>>,
     checkpoint: Option<bool>,
+    notify: Option<bool>,
     queued_micros: Option<i64>,
 }
 
@@ -170,6 +177,7 @@ impl<'de> Deserialize<'de> for QueueMessage {
                 redactions: wire.redactions.ok_or_else(|| missing("redactions"))?,
                 signals: wire.signals.ok_or_else(|| missing("signals"))?,
                 checkpoint: wire.checkpoint.ok_or_else(|| missing("checkpoint"))?,
+                notify: wire.notify.unwrap_or(true),
                 queued_micros: wire.queued_micros.ok_or_else(|| missing("queuedMicros"))?,
             }),
             "checkpoint" => Ok(QueueMessage::Checkpoint {
@@ -192,6 +200,7 @@ impl QueueMessage {
         key: String,
         node: &str,
         checkpoint: bool,
+        notify: bool,
     ) -> Result<Self, serde_json::Error> {
         let event = &submission.event;
         Ok(QueueMessage::Event {
@@ -205,6 +214,7 @@ impl QueueMessage {
             redactions: event.redactions.clone(),
             signals: event.signals.clone(),
             checkpoint,
+            notify,
             queued_micros: vellum_core::time_fmt::unix_micros(time::OffsetDateTime::now_utc()),
         })
     }
@@ -407,12 +417,14 @@ impl QueueIngest {
         }
     }
 
-    /// Queues events and returns as soon as Redis holds them (HTTP 202).
+    /// Queues events and returns as soon as Redis holds them (HTTP 202). `notify`: a caller
+    /// will wait for the receipts (so the worker publishes them).
     pub async fn enqueue(
         &self,
         submissions: &[Submission],
         lane: Lane,
         checkpoint: bool,
+        notify: bool,
     ) -> Result<Vec<(QueuedReceipt, String)>, SubmitError> {
         self.check_breaker()?;
         // Ids first, with every client key's reservation sent at once (one pipelined round
@@ -455,10 +467,16 @@ impl QueueIngest {
                 (None, Some(internal)) => internal.clone(),
                 (None, None) => format!("{QUEUE_KEY_PREFIX}{id}"),
             };
-            let payload =
-                QueueMessage::for_event(submission, id, key.clone(), &self.node, checkpoint)
-                    .and_then(|message| serde_json::to_vec(&message))
-                    .map_err(|e| self.refuse(format!("encoding a message: {e}")))?;
+            let payload = QueueMessage::for_event(
+                submission,
+                id,
+                key.clone(),
+                &self.node,
+                checkpoint,
+                notify,
+            )
+            .and_then(|message| serde_json::to_vec(&message))
+            .map_err(|e| self.refuse(format!("encoding a message: {e}")))?;
             by_partition
                 .entry(partition_of(&log_id, self.partitions))
                 .or_default()
@@ -548,7 +566,7 @@ impl QueueIngest {
             let key = s.idempotency_key.as_deref().unwrap_or_default();
             waits.push(self.record(self.receipts.register(key))?);
         }
-        let queued = self.enqueue(&keyed, lane, want_checkpoint).await?;
+        let queued = self.enqueue(&keyed, lane, want_checkpoint, true).await?;
         let deadline = tokio::time::Instant::now() + self.commit_wait;
         let mut receipts: Vec<Option<Receipt>> = Vec::with_capacity(waits.len());
         for waiter in waits {
@@ -630,8 +648,9 @@ mod tests {
             id: None,
         };
         let id = uuid::Uuid::now_v7();
-        let message = QueueMessage::for_event(&submission, id, "key:e:k-1".into(), "n1", true)
-            .expect("message");
+        let message =
+            QueueMessage::for_event(&submission, id, "key:e:k-1".into(), "n1", true, false)
+                .expect("message");
         let bytes = serde_json::to_vec(&message).expect("encode");
         // Version 2: the canonical text sits in the payload as it is, not escaped.
         let canonical = prepared.members.to_canonical_object();
@@ -641,10 +660,25 @@ mod tests {
         let mut v1: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
         v1["v"] = 1.into();
         v1["event"] = serde_json::Value::String(canonical.clone());
+        v1.as_object_mut().expect("object").remove("notify");
         let from_v1 = QueueMessage::decode(&serde_json::to_vec(&v1).expect("v1")).expect("v1");
-        match (&from_v1, &message) {
-            (QueueMessage::Event { event: a, .. }, QueueMessage::Event { event: b, .. }) => {
-                assert_eq!(a, b)
+        match (&from_v1, &QueueMessage::decode(&bytes).expect("v2")) {
+            (
+                QueueMessage::Event {
+                    event: a,
+                    notify: notify_v1,
+                    ..
+                },
+                QueueMessage::Event {
+                    event: b,
+                    notify: notify_v2,
+                    ..
+                },
+            ) => {
+                assert_eq!(a, b);
+                // Version 1 carried no flag: its API nodes expected a notice for every event.
+                assert!(*notify_v1);
+                assert!(!*notify_v2, "an enqueue nobody waits on asks for no notice");
             }
             _ => panic!("events"),
         }

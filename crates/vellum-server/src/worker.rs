@@ -552,7 +552,7 @@ async fn commit_batch(
     let partitions = ctx.queue.partitions.max(1);
     let mut submissions = Vec::new();
     // (message, node, key, when queued): decoded once, here.
-    let mut event_messages: Vec<(&Message, String, String, i64)> = Vec::new();
+    let mut event_messages: Vec<(&Message, String, String, i64, bool)> = Vec::new();
     let mut checkpoints: Vec<(&Message, String, String, String)> = Vec::new();
     let mut want_checkpoint = false;
     for message in batch {
@@ -586,15 +586,19 @@ async fn commit_batch(
                 checkpoints.push((message, log_id, node, key));
             }
             Ok((m, _, node, key)) => {
-                let queued_micros = match &m {
-                    QueueMessage::Event { queued_micros, .. } => *queued_micros,
-                    QueueMessage::Checkpoint { .. } => 0,
+                let (queued_micros, notify) = match &m {
+                    QueueMessage::Event {
+                        queued_micros,
+                        notify,
+                        ..
+                    } => (*queued_micros, *notify),
+                    QueueMessage::Checkpoint { .. } => (0, true),
                 };
                 match m.into_submission() {
                     Ok(Some((submission, checkpoint))) => {
                         want_checkpoint |= checkpoint;
                         submissions.push(submission);
-                        event_messages.push((message, node, key, queued_micros));
+                        event_messages.push((message, node, key, queued_micros, notify));
                     }
                     Ok(None) => {}
                     Err(reason) => dead_letter(consumer, message, &reason).await?,
@@ -613,12 +617,14 @@ async fn commit_batch(
                 Err(e) => return Err(e.to_string()),
             };
         let now = vellum_core::time_fmt::unix_micros(time::OffsetDateTime::now_utc());
-        for ((message, node, key, queued_micros), receipt) in
+        for ((message, node, key, queued_micros, notify), receipt) in
             event_messages.into_iter().zip(receipts)
         {
             let lag = (now - queued_micros).max(0) as f64 / 1e6;
             metrics::histogram!("vellum_queue_commit_lag_seconds").record(lag);
-            notices.extend(notice(node, key, Some(receipt)));
+            if notify {
+                notices.extend(notice(node, key, Some(receipt)));
+            }
             done.push(message);
         }
     }

@@ -175,6 +175,32 @@ async fn every_flow_works_over_the_scale_out_shape() {
     let key = admin_key(&a1_dir);
     let client = reqwest::Client::new();
 
+    // Every receipt notice the workers publish, to any node.
+    let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let listener = {
+        let mut pubsub = redis::Client::open(redis.as_str())
+            .expect("redis url")
+            .get_async_pubsub()
+            .await
+            .expect("pubsub");
+        pubsub
+            .psubscribe(format!("{queue}:receipts:*"))
+            .await
+            .expect("psubscribe");
+        let notices = notices.clone();
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            let mut messages = pubsub.on_message();
+            while let Some(m) = messages.next().await {
+                let payload: Vec<u8> = m.get_payload().unwrap_or_default();
+                notices
+                    .lock()
+                    .expect("notices")
+                    .push(String::from_utf8_lossy(&payload).into_owned());
+            }
+        })
+    };
+
     // Queued: 202 with the id it will have.
     let (status, queued) = call(
         &client,
@@ -228,6 +254,23 @@ async fn every_flow_works_over_the_scale_out_shape() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The batch that waited got its notices; the event nobody waited for was committed
+    // without one (a notice per 202 event was pure cost for Redis, worker and API nodes).
+    {
+        let seen = notices.lock().expect("notices").clone();
+        for accepted in committed["accepted"].as_array().expect("accepted") {
+            let id = accepted["id"].as_str().expect("id");
+            assert!(
+                seen.iter().any(|n| n.contains(id)),
+                "no notice for waited-on {id}: {seen:?}"
+            );
+        }
+        assert!(
+            !seen.iter().any(|n| n.contains(&queued_id)),
+            "a notice for the 202 event {queued_id}"
+        );
+    }
+    listener.abort();
 
     // Idempotency holds across nodes: the same key on both gives one event, one id.
     let mut ids = Vec::new();
