@@ -6,7 +6,7 @@ use redis::{ErrorKind, RedisError, ServerErrorKind};
 ///
 /// Messages never contain connection URLs or passwords: Redis errors are reduced to their
 /// category and detail, and anything that looks like `scheme://user:secret@` is scrubbed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum QueueError {
     /// Redis cannot be reached, did not answer in time, or is loading/failing over. Transient:
     /// the API node answers 503 with `Retry-After`; a worker backs off and tries again.

@@ -462,6 +462,91 @@ async fn full_stream_refuses_the_batch() {
 }
 
 #[tokio::test]
+async fn concurrent_enqueues_share_round_trips_and_keep_their_order() {
+    let q = setup!();
+    let producer = Producer::connect(&q.url, q.config.clone()).await.unwrap();
+    // On this single-threaded runtime all calls start before any reply arrives: the first
+    // takes the stream's turn, the others wait and go together in the next call.
+    let calls: Vec<Vec<Vec<u8>>> = (0..50u8)
+        .map(|i| (0..=i % 3).map(|j| vec![i, j]).collect())
+        .collect();
+    let before = producer.enqueue_round_trips();
+    let answers = futures_util::future::join_all(
+        calls
+            .iter()
+            .map(|payloads| producer.enqueue(0, Lane::Normal, payloads)),
+    )
+    .await;
+    let trips = producer.enqueue_round_trips() - before;
+    assert!(trips <= 2, "50 concurrent calls took {trips} script calls");
+    // Each call got one id per payload, and the stream holds every payload once, in call
+    // order, under those ids.
+    let mut consumer = Consumer::new(&q.url, q.config.clone(), 0, "w1")
+        .await
+        .unwrap();
+    let batch = consumer.next_batch(1_000, SHORT).await.unwrap();
+    let expected: Vec<(&String, &Vec<u8>)> = answers
+        .iter()
+        .zip(&calls)
+        .flat_map(|(ids, payloads)| {
+            let ids = ids.as_ref().expect("enqueued");
+            assert_eq!(ids.len(), payloads.len());
+            ids.iter().zip(payloads)
+        })
+        .collect();
+    assert_eq!(batch.len(), expected.len());
+    for (m, (id, payload)) in batch.iter().zip(expected) {
+        assert_eq!(&m.entry_id, id);
+        assert_eq!(&m.payload, payload);
+    }
+    // A stream at its limit refuses every waiting call, each whole.
+    let mut config = q.config.clone();
+    config.max_stream_len = Some(1);
+    let full = Producer::connect(&q.url, config.clone()).await.unwrap();
+    full.enqueue(1, Lane::Normal, &[b"first".to_vec()])
+        .await
+        .unwrap();
+    let more = [b"more".to_vec()];
+    let refused =
+        futures_util::future::join_all((0..5).map(|_| full.enqueue(1, Lane::Normal, &more))).await;
+    assert!(
+        refused
+            .iter()
+            .all(|r| matches!(r, Err(QueueError::Full(_)))),
+        "{refused:?}"
+    );
+    assert_eq!(xlen(&q, &config.stream_key(1, Lane::Normal)).await, 1);
+}
+
+#[tokio::test]
+async fn a_call_dropped_mid_flight_does_not_strand_the_calls_behind_it() {
+    let q = setup!();
+    let producer = Producer::connect(&q.url, q.config.clone()).await.unwrap();
+    let first = [b"first".to_vec()];
+    let mut leader = Box::pin(producer.enqueue(0, Lane::Normal, &first));
+    assert!(futures_util::poll!(&mut leader).is_pending());
+    let second = [b"second".to_vec()];
+    let mut waiter = Box::pin(producer.enqueue(0, Lane::Normal, &second));
+    assert!(futures_util::poll!(&mut waiter).is_pending());
+    // The client of the first call went away while its script call was in flight.
+    drop(leader);
+    let ids = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiting call was not stranded")
+        .expect("enqueued");
+    assert_eq!(ids.len(), 1);
+    // And the stream is free again for a new call.
+    let third = [b"third".to_vec()];
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        producer.enqueue(0, Lane::Normal, &third),
+    )
+    .await
+    .expect("not stuck")
+    .expect("enqueued");
+}
+
+#[tokio::test]
 async fn idempotency_reservations_are_shared_between_nodes() {
     let q = setup!();
     let a = Producer::connect(&q.url, q.config.clone()).await.unwrap();
