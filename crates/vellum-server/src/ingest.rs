@@ -8,6 +8,13 @@
 //! that arrive while a group is committing form the next group (group commit), so one fsync
 //! covers many requests.
 //!
+//! Sealing and committing are two threads, a pipeline of depth two: while the committer
+//! thread appends group N (the store's work: SQLite's, or PostgreSQL's in another process),
+//! the writer thread seals group N+1 on top of N's heads. The two halves' CPU then overlaps
+//! instead of adding up (the scale-out worker spent as long sealing and building index rows as
+//! PostgreSQL spent storing them, one after the other). The price is the failure rule below:
+//! a group sealed on top of a group that then fails to commit is refused too.
+//!
 //! The writer also keeps each log's Merkle tree ([`TileWriter`]): the tiles an append changes
 //! go into the same transaction as its events, and a signed checkpoint joins the transaction
 //! whenever `checkpoint_interval` has passed since the last one (or a submitter asked for one).
@@ -17,16 +24,24 @@
 //! Invariants:
 //! - **One writer per log**: only this thread appends; it owns each log's head.
 //! - **Ack means durable**: replies are sent after [`AuditStore::append`] returned.
-//! - **Bounded memory**: at most `capacity` events wait; beyond it submissions fail with
+//! - **Bounded memory**: at most `capacity` events are between submission and the end of their
+//!   commit (waiting, being sealed, or committing); beyond it submissions fail with
 //!   [`SubmitError::Full`] (HTTP 503) instead of queueing.
-//! - If a commit fails, nothing of the group is acknowledged and the heads are reloaded from
-//!   the store, so the chain continues from what is durable.
+//! - If a commit fails, nothing of the group is acknowledged, nor of the group sealed on top
+//!   of it (the committer refuses groups sealed in an older *generation*), and the writer
+//!   reloads the heads from the store once the committer has drained, so the chain continues
+//!   from what is durable.
+//! - Only the committer appends while groups are in flight; the writer's own appends (idle
+//!   checkpoints, shutdown) wait for the committer to drain first.
+//! - An idempotency key in a group not yet committed is answered from the in-flight map (the
+//!   store cannot know it yet); the committer removes a group's keys only after its commit
+//!   ended, so a key is always in the map or in the store.
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -331,6 +346,13 @@ impl Writer {
                 alive: alive.clone(),
             }),
         };
+        let shared = Arc::new(PipelineShared::default());
+        let committer = Committer::start(
+            store.clone(),
+            shared.clone(),
+            config.commit_tap.clone(),
+            queued.clone(),
+        )?;
         let mut state = WriterState {
             store,
             keyring,
@@ -338,6 +360,9 @@ impl Writer {
             heads,
             config,
             queued,
+            shared,
+            generation: 0,
+            committer: Some(committer),
         };
         let thread = std::thread::Builder::new()
             .name("vellum-writer".into())
@@ -476,6 +501,150 @@ struct WriterState {
     heads: HashMap<String, Head>,
     config: WriterConfig,
     queued: Arc<AtomicUsize>,
+    shared: Arc<PipelineShared>,
+    /// The committer's generation the heads were last loaded in (see [`PipelineShared`]).
+    generation: u64,
+    committer: Option<Committer>,
+}
+
+/// What the writer and the committer share.
+#[derive(Default)]
+struct PipelineShared {
+    /// Bumped by the committer when an append fails: a group sealed in an earlier generation
+    /// was sealed on top of events that are not in the store, and is refused.
+    generation: AtomicU64,
+    /// Receipts of sealed groups not yet committed, by idempotency key.
+    in_flight: parking_lot::Mutex<HashMap<String, Receipt>>,
+}
+
+/// A sealed group on its way to the store.
+struct SealedGroup {
+    requests: Vec<Request>,
+    receipts: Vec<Vec<Receipt>>,
+    batch: AppendBatch,
+    /// Idempotency keys this group put in the in-flight map.
+    keys: Vec<String>,
+    checkpoints: usize,
+    events: usize,
+    generation: u64,
+    started: Instant,
+}
+
+enum ToCommitter {
+    Group(SealedGroup),
+    /// Answered once everything sent before it has been committed or refused.
+    Drain(crossbeam_channel::Sender<()>),
+}
+
+/// The committing half of the pipeline: appends sealed groups in order, answers their
+/// requests, announces commits on the tap.
+struct Committer {
+    tx: Sender<ToCommitter>,
+    thread: JoinHandle<()>,
+}
+
+impl Committer {
+    fn start(
+        store: Arc<dyn AuditStore>,
+        shared: Arc<PipelineShared>,
+        tap: Option<CommitTap>,
+        queued: Arc<AtomicUsize>,
+    ) -> Result<Self, StoreError> {
+        // A rendezvous: the writer hands over group N+1 only when the committer is done with
+        // N, so at most two groups are sealed and not yet durable.
+        let (tx, rx) = crossbeam_channel::bounded::<ToCommitter>(0);
+        let thread = std::thread::Builder::new()
+            .name("vellum-commit".into())
+            .spawn(move || {
+                for message in rx {
+                    match message {
+                        ToCommitter::Drain(done) => {
+                            let _ = done.send(());
+                        }
+                        ToCommitter::Group(group) => {
+                            let events = group.events;
+                            commit_sealed(store.as_ref(), &shared, tap.as_ref(), group);
+                            release(&queued, events);
+                        }
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Unavailable(format!("cannot start committer thread: {e}")))?;
+        Ok(Self { tx, thread })
+    }
+}
+
+/// Frees the room `events` held in the ingest queue's bound: the bound counts events from
+/// submission until their commit ended (waiting, being sealed, or in the committer), so with
+/// the store stalled, submissions are refused at once rather than piling up in the pipeline.
+fn release(queued: &AtomicUsize, events: usize) {
+    queued.fetch_sub(events, Ordering::AcqRel);
+    metrics::gauge!("vellum_ingest_queue_depth").set(queued.load(Ordering::Relaxed) as f64);
+}
+
+/// Appends one sealed group (unless an earlier one failed since it was sealed), then answers
+/// its requests: receipts only after the append returned.
+fn commit_sealed(
+    store: &dyn AuditStore,
+    shared: &PipelineShared,
+    tap: Option<&CommitTap>,
+    group: SealedGroup,
+) {
+    let result = if group.generation != shared.generation.load(Ordering::Acquire) {
+        Err(CommitError(
+            "an earlier commit failed; this group was sealed on top of it and is not stored".into(),
+        ))
+    } else {
+        store.append(&group.batch).map_err(|e| {
+            shared.generation.fetch_add(1, Ordering::AcqRel);
+            tracing::error!(error = %e, events = group.events, "group commit failed; nothing in it was acknowledged");
+            metrics::counter!("vellum_commit_failures_total").increment(1);
+            CommitError(e.to_string())
+        })
+    };
+    if result.is_ok() {
+        metrics::counter!("vellum_events_ingested_total")
+            .increment(group.batch.events.len() as u64);
+        if group.checkpoints > 0 {
+            metrics::counter!("vellum_checkpoints_total").increment(group.checkpoints as u64);
+        }
+        metrics::histogram!("vellum_commit_batch_size").record(group.events as f64);
+        metrics::histogram!("vellum_commit_duration_seconds")
+            .record(group.started.elapsed().as_secs_f64());
+        if let Some(tap) = tap {
+            tap.announce(
+                group
+                    .batch
+                    .events
+                    .iter()
+                    .map(|e| CommittedEvent {
+                        log_id: e.log_id.clone(),
+                        seq: e.seq,
+                        canonical: e.canonical.clone(),
+                    })
+                    .collect(),
+            );
+        }
+    }
+    // Durable (or refused): from now on the store answers for these keys.
+    {
+        let mut in_flight = shared.in_flight.lock();
+        for key in &group.keys {
+            in_flight.remove(key);
+        }
+    }
+    match result {
+        Ok(()) => {
+            for (request, receipts) in group.requests.into_iter().zip(group.receipts) {
+                let _ = request.reply.send(Ok(receipts));
+            }
+        }
+        Err(e) => {
+            for request in group.requests {
+                let _ = request.reply.send(Err(e.clone()));
+            }
+        }
+    }
 }
 
 /// Where a submission's receipt comes from.
@@ -517,6 +686,34 @@ impl WriterState {
         }
         // Shutting down: leave every acknowledged event under a checkpoint.
         self.checkpoint_idle_logs_now();
+        if let Some(committer) = self.committer.take() {
+            drop(committer.tx);
+            let _ = committer.thread.join();
+        }
+    }
+
+    /// Waits until the committer has finished every group sent so far; if one failed since
+    /// the heads were loaded, reloads them from the store (which is now final).
+    fn drain(&mut self) {
+        if let Some(committer) = &self.committer {
+            let (done, wait) = crossbeam_channel::bounded(1);
+            if committer.tx.send(ToCommitter::Drain(done)).is_ok() {
+                let _ = wait.recv();
+            }
+        }
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        if generation != self.generation {
+            match load_heads(self.store.as_ref(), self.config.partition.as_ref()) {
+                Ok(heads) => {
+                    self.heads = heads;
+                    self.generation = generation;
+                }
+                Err(e) => {
+                    // Retried before the next group: nothing is sealed on unknown heads.
+                    tracing::error!(error = %e, "cannot reload log heads after a failed commit");
+                }
+            }
+        }
     }
 
     /// How long until some log with uncovered events is due for a checkpoint.
@@ -541,8 +738,12 @@ impl WriterState {
     }
 
     /// Signs and stores, on their own, checkpoints of the logs with uncovered events that
-    /// `due` selects.
+    /// `due` selects (after the committer drained: only one thread appends at a time).
     fn write_checkpoints(&mut self, due: impl Fn(&Head) -> bool) {
+        self.drain();
+        if self.shared.generation.load(Ordering::Acquire) != self.generation {
+            return;
+        }
         let timestamp = server_now().1;
         let mut batch = AppendBatch::default();
         let mut covered = Vec::new();
@@ -587,63 +788,108 @@ impl WriterState {
 
     fn commit_group(&mut self, group: Vec<Request>, events: usize) {
         let started = Instant::now();
+        if self.shared.generation.load(Ordering::Acquire) != self.generation {
+            // A group failed: seal nothing until the heads are what the store holds.
+            self.drain();
+        }
         let oldest = group.iter().map(|r| r.enqueued).min();
-        let result = self.seal_and_append(&group);
         if let Some(oldest) = oldest {
             // Time the oldest request of the group waited for the writer (queueing behind
             // earlier commits), as opposed to the commit itself.
             metrics::histogram!("vellum_ingest_queue_wait_seconds")
                 .record(started.saturating_duration_since(oldest).as_secs_f64());
         }
-        self.queued.fetch_sub(events, Ordering::AcqRel);
-        metrics::gauge!("vellum_ingest_queue_depth")
-            .set(self.queued.load(Ordering::Relaxed) as f64);
-        match result {
-            Ok(mut receipts_per_request) => {
-                metrics::histogram!("vellum_commit_batch_size").record(events as f64);
-                metrics::histogram!("vellum_commit_duration_seconds")
-                    .record(started.elapsed().as_secs_f64());
-                for (request, receipts) in group.into_iter().zip(receipts_per_request.drain(..)) {
-                    let _ = request.reply.send(Ok(receipts));
-                }
-            }
+        let sealed = if self.shared.generation.load(Ordering::Acquire) != self.generation {
+            Err(StoreError::Unavailable(
+                "log heads could not be reloaded after a failed commit".into(),
+            ))
+        } else {
+            self.seal_group(&group)
+        };
+        let sealed = match sealed {
+            Ok((receipts, batch, keys, checkpoints)) => SealedGroup {
+                requests: group,
+                receipts,
+                batch,
+                keys,
+                checkpoints,
+                events,
+                generation: self.generation,
+                started,
+            },
             Err(e) => {
+                // Nothing was sealed (the heads are untouched): only this group fails.
                 tracing::error!(error = %e, events, "group commit failed; nothing in it was acknowledged");
                 metrics::counter!("vellum_commit_failures_total").increment(1);
-                match load_heads(self.store.as_ref(), self.config.partition.as_ref()) {
-                    Ok(heads) => self.heads = heads,
-                    Err(reload) => {
-                        tracing::error!(error = %reload, "cannot reload log heads after a failed commit")
-                    }
-                }
+                release(&self.queued, events);
                 for request in group {
                     let _ = request.reply.send(Err(CommitError(e.to_string())));
                 }
+                return;
+            }
+        };
+        let sent = match &self.committer {
+            Some(committer) => committer.tx.send(ToCommitter::Group(sealed)),
+            None => Err(crossbeam_channel::SendError(ToCommitter::Group(sealed))),
+        };
+        if let Err(crossbeam_channel::SendError(ToCommitter::Group(lost))) = sent {
+            // The committer is gone (it cannot be while the writer runs, barring a panic).
+            release(&self.queued, lost.events);
+            for request in lost.requests {
+                let _ = request
+                    .reply
+                    .send(Err(CommitError("the committer thread stopped".into())));
             }
         }
     }
 
-    fn seal_and_append(&mut self, group: &[Request]) -> Result<Vec<Vec<Receipt>>, StoreError> {
+    /// Seals a group on top of the current heads (which it advances) and builds its append
+    /// batch. Returns the receipts per request, the batch, the idempotency keys put in the
+    /// in-flight map and how many checkpoints the batch signs. Fails (before touching any
+    /// head) only if the store cannot say which idempotency keys it already knows.
+    #[allow(clippy::type_complexity)]
+    fn seal_group(
+        &mut self,
+        group: &[Request],
+    ) -> Result<(Vec<Vec<Receipt>>, AppendBatch, Vec<String>, usize), StoreError> {
         let (now, received_at) = server_now();
         let now_micros = unix_micros(now);
         let window = i64::try_from(IDEMPOTENCY_WINDOW.as_micros()).unwrap_or(i64::MAX);
 
-        // Receipts already given for these keys (earlier groups, or earlier in this group).
+        // Receipts already given for these keys: in groups still in flight (checked first: a
+        // key leaves that map only once its group's commit ended), in the store (earlier
+        // groups), or earlier in this group.
         let keys: Vec<&str> = group
             .iter()
             .flat_map(|r| r.submissions.iter())
             .filter_map(|s| s.idempotency_key.as_deref())
             .collect();
         let mut known: HashMap<String, Receipt> = HashMap::new();
+        if !keys.is_empty() {
+            let in_flight = self.shared.in_flight.lock();
+            if !in_flight.is_empty() {
+                for key in &keys {
+                    if let Some(receipt) = in_flight.get(*key) {
+                        known.insert((*key).to_owned(), receipt.clone());
+                    }
+                }
+            }
+        }
+        let unknown: Vec<&str> = keys
+            .iter()
+            .copied()
+            .filter(|k| !known.contains_key(*k))
+            .collect();
         for (key, receipt) in self
             .store
-            .idempotent_receipts(&keys, now_micros.saturating_sub(window))?
+            .idempotent_receipts(&unknown, now_micros.saturating_sub(window))?
         {
             if let Ok(receipt) = serde_json::from_str::<Receipt>(&receipt) {
                 known.insert(key, receipt);
             }
         }
         let mut first_in_group: HashMap<&str, usize> = HashMap::new();
+        let mut in_flight_keys: Vec<(String, usize)> = Vec::new();
 
         let mut batch = AppendBatch::default();
         let mut new_receipts: Vec<Receipt> = Vec::new();
@@ -701,6 +947,7 @@ impl WriterState {
                 touched.insert(log_id.clone());
                 if let Some(key) = submission.idempotency_key.as_deref() {
                     first_in_group.insert(key, new_receipts.len());
+                    in_flight_keys.push((key.to_owned(), new_receipts.len()));
                     batch.idempotency.push(IdempotencyRecord {
                         key: key.to_owned(),
                         receipt: serde_json::to_string(&receipt).unwrap_or_default(),
@@ -745,32 +992,24 @@ impl WriterState {
             }
         }
 
-        self.store.append(&batch)?;
-        metrics::counter!("vellum_events_ingested_total").increment(batch.events.len() as u64);
-        if let Some(tap) = &self.config.commit_tap {
-            tap.announce(
-                batch
-                    .events
-                    .iter()
-                    .map(|e| CommittedEvent {
-                        log_id: e.log_id.clone(),
-                        seq: e.seq,
-                        canonical: e.canonical.clone(),
-                    })
-                    .collect(),
-            );
-        }
-        if !checkpointed.is_empty() {
-            metrics::counter!("vellum_checkpoints_total").increment(checkpointed.len() as u64);
-        }
-        for log_id in checkpointed {
-            if let Some(head) = self.heads.get_mut(&log_id) {
+        // Checkpoints count as made now; if this group fails, the heads are reloaded.
+        for log_id in &checkpointed {
+            if let Some(head) = self.heads.get_mut(log_id) {
                 head.checkpointed = head.size;
                 head.checkpointed_at = Instant::now();
             }
         }
-
-        Ok(outcomes
+        let keys: Vec<String> = {
+            let mut in_flight = self.shared.in_flight.lock();
+            in_flight_keys
+                .into_iter()
+                .map(|(key, index)| {
+                    in_flight.insert(key.clone(), new_receipts[index].clone());
+                    key
+                })
+                .collect()
+        };
+        let receipts = outcomes
             .into_iter()
             .map(|request_outcomes| {
                 request_outcomes
@@ -781,7 +1020,8 @@ impl WriterState {
                     })
                     .collect()
             })
-            .collect())
+            .collect();
+        Ok((receipts, batch, keys, checkpointed.len()))
     }
 }
 

@@ -561,6 +561,124 @@ async fn a_single_postgres_node_is_the_one_writer() {
     db.drop_now().await;
 }
 
+/// The writer seals the next group while the store commits the previous one. When a commit
+/// fails, nothing of that group is acknowledged, a group sealed on top of it is refused or (if
+/// sealed after the failure was seen) continues from what is durable, and the chain in the
+/// store stays whole. The failure is real: a trigger that makes PostgreSQL wait, then refuse
+/// rows carrying a marker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_commit_takes_down_only_what_was_sealed_on_top_of_it() {
+    let Some((pg, _)) = services(false) else {
+        return;
+    };
+    let db = Database::create(&pg).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("single");
+    let mut settings = config(&dir, &db.url, None, "unused");
+    settings.detection.enabled = false;
+    // No idle checkpoint in the middle: it waits for the commit in flight, and the group
+    // behind it would then be sealed after the failure instead of on top of it.
+    settings.checkpoint_interval_ms = 60_000;
+    let server = vellum_server::start(settings).await.expect("single node");
+    let url = base(&server);
+    let key = admin_key(&dir);
+    let client = reqwest::Client::new();
+    let post = |body: Value| {
+        let (client, url, key) = (client.clone(), url.clone(), key.clone());
+        async move { call(&client, &url, &key, Method::POST, "/v1/events", Some(&body)).await }
+    };
+    for n in 0..3 {
+        let (status, body) = post(event(n)).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (admin, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    admin
+        .batch_execute(
+            "CREATE FUNCTION vellum.refuse_marked() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF NEW.canonical LIKE '%refuse-this-group%' THEN
+                 PERFORM pg_sleep(1.5);
+                 RAISE EXCEPTION 'injected failure';
+               END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_marked BEFORE INSERT ON vellum.events
+               FOR EACH ROW EXECUTE FUNCTION vellum.refuse_marked();",
+        )
+        .await
+        .expect("trigger");
+
+    let mut doomed = event(10);
+    doomed["details"] = json!({"note": "refuse-this-group"});
+    let mut behind = event(11);
+    behind["details"] = json!({"note": "sealed-behind-the-failure"});
+    let first = tokio::spawn(post(doomed));
+    // While PostgreSQL holds the first group, the writer seals the second on top of it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = tokio::spawn(post(behind));
+    let (status, body) = first.await.expect("first");
+    assert!(
+        status.is_server_error(),
+        "the failed group was acknowledged: {status} {body}"
+    );
+    let (second_status, second_body) = second.await.expect("second");
+    println!("group sealed behind the failure: {second_status} {second_body}");
+    assert!(
+        second_status.is_server_error() || second_status == StatusCode::CREATED,
+        "{second_status} {second_body}"
+    );
+
+    // The chain goes on from what is durable.
+    let (status, body) = post(event(12)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let count = |pattern: &'static str| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_one(
+                    "SELECT count(*) FROM vellum.events WHERE canonical LIKE $1",
+                    &[&pattern],
+                )
+                .await
+                .expect("count")
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(count("%refuse-this-group%").await, 0);
+    assert_eq!(
+        count("%sealed-behind-the-failure%").await,
+        i64::from(second_status == StatusCode::CREATED),
+        "stored exactly when acknowledged"
+    );
+    for row in admin
+        .query(
+            "SELECT log_id, count(*), max(seq) + 1 FROM vellum.events GROUP BY log_id",
+            &[],
+        )
+        .await
+        .expect("logs")
+    {
+        let (log, n, next): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        assert_eq!(n, next, "log {log} has a gap");
+    }
+    let (status, body) = call(
+        &client,
+        &url,
+        &key,
+        Method::POST,
+        "/v1/verify",
+        Some(&json!({})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["ok"], json!(true), "{body}");
+    server.shutdown().await.expect("shutdown");
+    db.drop_now().await;
+}
+
 /// Detection and forwarding over the scale-out shape: the worker that writes a log runs the
 /// rules on its commits and queues the alerts; any API node lists them; of two API nodes with
 /// the same sink, only the one holding the forwarder lock forwards, and each event arrives
