@@ -8,7 +8,7 @@
 
 use super::{ConsoleError, Form, Nav, QueryForm, Signed, render};
 use crate::AppState;
-use crate::api::{record_read, require_read};
+use crate::api::record_read;
 use crate::auth::Role;
 use crate::keys::{Actor, CreateKeyRequest, KeyInfo};
 use crate::retention::PurgeReport;
@@ -57,14 +57,9 @@ pub async fn keys_page(
     State(state): State<AppState>,
     signed: Signed,
 ) -> Result<Response, ConsoleError> {
-    require_read(
-        &state,
-        &signed.principal,
-        signed.peer,
-        "/console/keys",
-        Role::Admin,
-    )
-    .await?;
+    signed
+        .authorize_read(&state, "/console/keys", Role::Admin)
+        .await?;
     keys_view(&state, &signed, None).await
 }
 
@@ -216,14 +211,9 @@ pub async fn retention_page(
     signed: Signed,
     QueryForm(form): QueryForm,
 ) -> Result<Response, ConsoleError> {
-    require_read(
-        &state,
-        &signed.principal,
-        signed.peer,
-        "/console/retention",
-        Role::Admin,
-    )
-    .await?;
+    signed
+        .authorize_read(&state, "/console/retention", Role::Admin)
+        .await?;
     let message = match form.get("done") {
         Some("policies") => Some("Policies saved.".to_owned()),
         Some("hold") => Some("Legal hold placed.".to_owned()),

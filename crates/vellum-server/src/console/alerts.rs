@@ -14,7 +14,7 @@ use super::search::{Choice, RANGES, time_params};
 use super::{ConsoleError, Form, Nav, QueryForm, Signed, pager, query_string, render, short_time};
 use crate::AppState;
 use crate::alerts::AlertView;
-use crate::api::{record_read, require_read};
+use crate::api::record_read;
 use crate::auth::Role;
 use askama::Template;
 use axum::extract::State;
@@ -212,7 +212,9 @@ pub async fn page(
     QueryForm(form): QueryForm,
 ) -> Result<Response, ConsoleError> {
     let principal = &signed.principal;
-    require_read(&state, principal, signed.peer, ENDPOINT, Role::Reader).await?;
+    signed
+        .authorize_read(&state, ENDPOINT, Role::Reader)
+        .await?;
     let rule = form.get("rule");
     let status = form.get("status").unwrap_or("all");
     let range = form.get("range").unwrap_or("all");

@@ -14,7 +14,7 @@
 use super::charts::{Series, StackedChart, class_for, stacked};
 use super::{ConsoleError, Form, Nav, QueryForm, Signed, render};
 use crate::AppState;
-use crate::api::{record_read, require_read};
+use crate::api::record_read;
 use crate::auth::{Principal, Role};
 use askama::Template;
 use axum::Json;
@@ -244,14 +244,9 @@ pub async fn page(
     QueryForm(form): QueryForm,
 ) -> Result<Response, ConsoleError> {
     let principal = &signed.principal;
-    require_read(
-        &state,
-        principal,
-        signed.peer,
-        "/console/dashboard",
-        Role::Reader,
-    )
-    .await?;
+    signed
+        .authorize_read(&state, "/console/dashboard", Role::Reader)
+        .await?;
     let asked = form.get("range").unwrap_or("24h");
     let &(range, _, hours, bucket) = PERIODS
         .iter()
@@ -417,14 +412,9 @@ pub async fn start_verify(
 ) -> Result<Response, ConsoleError> {
     signed.check_form(&headers, &form)?;
     let principal = &signed.principal;
-    require_read(
-        &state,
-        principal,
-        signed.peer,
-        "/console/verify",
-        Role::Auditor,
-    )
-    .await?;
+    signed
+        .authorize_read(&state, "/console/verify", Role::Auditor)
+        .await?;
     let logs = visible_logs(&state, principal).await?;
     let store = state.store.clone();
     let heads = tokio::task::spawn_blocking(move || store.log_heads())

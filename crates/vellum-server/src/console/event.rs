@@ -10,7 +10,7 @@
 
 use super::{ConsoleError, Nav, Signed, render};
 use crate::AppState;
-use crate::api::{record_read, require_read, visible_to};
+use crate::api::{record_read, visible_to};
 use crate::auth::{Principal, Role};
 use askama::Template;
 use axum::extract::{Path, State};
@@ -336,14 +336,9 @@ pub async fn page(
     Path(id): Path<String>,
 ) -> Result<Response, ConsoleError> {
     let principal = &signed.principal;
-    require_read(
-        &state,
-        principal,
-        signed.peer,
-        "/console/events/{id}",
-        Role::Reader,
-    )
-    .await?;
+    signed
+        .authorize_read(&state, "/console/events/{id}", Role::Reader)
+        .await?;
     let uuid = uuid::Uuid::parse_str(&id)
         .map_err(|_| ConsoleError::bad_request("an event id is a UUID"))?;
     let store = state.store.clone();

@@ -323,6 +323,18 @@ impl Signed {
         role: crate::auth::Role,
     ) -> Result<(), ConsoleError> {
         self.check_form(headers, form)?;
+        self.authorize_read(state, endpoint, role).await
+    }
+
+    /// Refuses a page this session's key may not read (`role`, organization scope), and audits
+    /// the read (or the refusal) as `endpoint`, as every API read is
+    /// ([`crate::api::require_read`]).
+    pub async fn authorize_read(
+        &self,
+        state: &AppState,
+        endpoint: &str,
+        role: crate::auth::Role,
+    ) -> Result<(), ConsoleError> {
         crate::api::require_read(state, &self.principal, self.peer, endpoint, role).await?;
         Ok(())
     }

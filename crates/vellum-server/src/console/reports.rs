@@ -5,7 +5,6 @@
 
 use super::{ConsoleError, Form, Nav, QueryForm, Signed, form_time, render};
 use crate::AppState;
-use crate::api::require_read;
 use crate::auth::Role;
 use askama::Template;
 use axum::extract::State;
@@ -27,14 +26,9 @@ struct ReportsPage {
 
 /// `GET /console/reports`: the forms (auditor).
 pub async fn page(State(state): State<AppState>, signed: Signed) -> Result<Response, ConsoleError> {
-    require_read(
-        &state,
-        &signed.principal,
-        signed.peer,
-        "/console/reports",
-        Role::Auditor,
-    )
-    .await?;
+    signed
+        .authorize_read(&state, "/console/reports", Role::Auditor)
+        .await?;
     let today = time::OffsetDateTime::now_utc().date();
     let month_ago = today - time::Duration::days(30);
     render(&ReportsPage {
@@ -97,14 +91,9 @@ pub async fn disclosures(
     signed: Signed,
     QueryForm(form): QueryForm,
 ) -> Result<Response, ConsoleError> {
-    require_read(
-        &state,
-        &signed.principal,
-        signed.peer,
-        "/console/reports/disclosures",
-        Role::Auditor,
-    )
-    .await?;
+    signed
+        .authorize_read(&state, "/console/reports/disclosures", Role::Auditor)
+        .await?;
     let mut params = BTreeMap::new();
     if let Some(p) = form.get("patientId") {
         params.insert("patientId".to_owned(), p.to_owned());
@@ -136,14 +125,9 @@ pub async fn export(
     signed: Signed,
     QueryForm(form): QueryForm,
 ) -> Result<Response, ConsoleError> {
-    require_read(
-        &state,
-        &signed.principal,
-        signed.peer,
-        "/console/export",
-        Role::Auditor,
-    )
-    .await?;
+    signed
+        .authorize_read(&state, "/console/export", Role::Auditor)
+        .await?;
     let mut params = BTreeMap::new();
     for (name, value) in &form.0 {
         if value.trim().is_empty() {

@@ -11,7 +11,7 @@
 
 use super::{ConsoleError, Form, Nav, QueryForm, Signed, form_time, pager, query_string, render};
 use crate::AppState;
-use crate::api::{parse_search, record_read, require_read};
+use crate::api::{parse_search, record_read};
 use crate::auth::Role;
 use crate::keys::Actor;
 use askama::Template;
@@ -293,14 +293,9 @@ pub async fn page(
     QueryForm(form): QueryForm,
 ) -> Result<Response, ConsoleError> {
     let principal = &signed.principal;
-    require_read(
-        &state,
-        principal,
-        signed.peer,
-        "/console/search",
-        Role::Reader,
-    )
-    .await?;
+    signed
+        .authorize_read(&state, "/console/search", Role::Reader)
+        .await?;
     let range = form.get("range").unwrap_or("24h");
     let mut page = SearchPage {
         nav: signed.nav("search"),
