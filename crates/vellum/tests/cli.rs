@@ -386,3 +386,28 @@ fn a_second_server_on_the_same_data_dir_refuses_to_start() {
     let again = Server::start(&data);
     assert_eq!(common::http_status(again.addr, "/healthz"), Some(200));
 }
+
+/// mimalloc's huge pages cost more than they give (see `disable_transparent_huge_pages` in
+/// main.rs): the server runs with transparent huge pages off, unless the operator set
+/// mimalloc's own `MIMALLOC_ALLOW_THP`.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_server_runs_without_transparent_huge_pages_unless_asked() {
+    /// The `THP_enabled` line of /proc/PID/status: the PR_SET_THP_DISABLE flag (Linux 5.0+).
+    fn thp_enabled(pid: u32) -> Option<String> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("THP_enabled:"))?;
+        line.split_whitespace().nth(1).map(str::to_owned)
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut server = Server::start(&tmp.path().join("data"));
+    let Some(flag) = thp_enabled(server.pid()) else {
+        println!("skipping: this kernel does not report THP_enabled");
+        return;
+    };
+    assert_eq!(flag, "0", "transparent huge pages left on");
+    let mut asked = Server::start_with(&tmp.path().join("asked"), |cmd| {
+        cmd.env("MIMALLOC_ALLOW_THP", "1");
+    });
+    assert_eq!(thp_enabled(asked.pid()).as_deref(), Some("1"));
+}

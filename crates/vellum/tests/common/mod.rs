@@ -263,6 +263,11 @@ impl Server {
         self.child.0 = None;
     }
 
+    /// Its process id.
+    pub(crate) fn pid(&mut self) -> u32 {
+        self.child_mut().id()
+    }
+
     /// SIGTERM, then wait (bounded) for it to exit; returns its exit status.
     pub(crate) fn terminate(mut self) -> ExitStatus {
         use nix::sys::signal::{Signal, kill};
