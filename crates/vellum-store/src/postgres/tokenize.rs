@@ -178,13 +178,21 @@ impl TsVector {
             let position = u16::try_from(index.min(MAX_POSITION)).unwrap_or(u16::MAX);
             spans.push((start, end, position));
         });
-        let mut words: Vec<(&[u8], u16)> = spans
+        // Byte order is `tsvector`'s lexeme order; positions ascending within a lexeme. Each
+        // word leads with its first 8 bytes as a big-endian integer (zero-padded), which
+        // orders like the bytes themselves, so most comparisons of the sort are one integer
+        // comparison; equal prefixes fall through to the whole words. (The sort took 40% of
+        // this function as slice comparisons.)
+        let mut words: Vec<(u64, &[u8], u16)> = spans
             .iter()
             .map(|&(start, end, position)| {
-                (&buffer.as_bytes()[start as usize..end as usize], position)
+                let word = &buffer.as_bytes()[start as usize..end as usize];
+                let mut prefix = [0u8; 8];
+                let n = word.len().min(8);
+                prefix[..n].copy_from_slice(&word[..n]);
+                (u64::from_be_bytes(prefix), word, position)
             })
             .collect();
-        // Byte order is `tsvector`'s lexeme order; positions ascending within a lexeme.
         words.sort_unstable();
 
         let mut encoded = Vec::with_capacity(4 + buffer.len() + words.len() * 5);
@@ -192,15 +200,15 @@ impl TsVector {
         let mut entries: u32 = 0;
         let mut i = 0;
         while i < words.len() {
-            let word = words[i].0;
+            let word = words[i].1;
             encoded.extend_from_slice(word);
             encoded.push(0);
             let count_at = encoded.len();
             encoded.extend_from_slice(&[0; 2]);
             let mut count: u16 = 0;
             let mut last: Option<u16> = None;
-            while i < words.len() && words[i].0 == word {
-                let position = words[i].1;
+            while i < words.len() && words[i].1 == word {
+                let position = words[i].2;
                 if last != Some(position) && usize::from(count) < MAX_POSITIONS_PER_LEXEME {
                     encoded.extend_from_slice(&position.to_be_bytes());
                     count += 1;
@@ -348,6 +356,53 @@ mod tests {
         "   ",
     ];
 
+    /// Words that share their first 8 bytes (the sort's integer prefix) or are prefixes of
+    /// one another, in ASCII and in multi-byte UTF-8.
+    const SHARED_PREFIXES: &str = "configuration configure configurations config configuratio \
+        configuration 12345678 123456789 1234567 12345678a ünïcödéx ünïcödé ünïcödéa ünï";
+
+    /// The lexemes of an encoded `tsvector`, in their encoded order, with their positions.
+    fn decode(encoded: &[u8]) -> Vec<(Vec<u8>, Vec<u16>)> {
+        let count = u32::from_be_bytes(encoded[..4].try_into().expect("count"));
+        let mut rest = &encoded[4..];
+        let mut out = Vec::new();
+        for _ in 0..count {
+            let nul = rest.iter().position(|&b| b == 0).expect("terminated");
+            let word = rest[..nul].to_vec();
+            let n = usize::from(u16::from_be_bytes([rest[nul + 1], rest[nul + 2]]));
+            let positions = (0..n)
+                .map(|i| u16::from_be_bytes([rest[nul + 3 + 2 * i], rest[nul + 4 + 2 * i]]))
+                .collect();
+            rest = &rest[nul + 3 + 2 * n..];
+            out.push((word, positions));
+        }
+        assert!(rest.is_empty(), "nothing after the last lexeme");
+        out
+    }
+
+    #[test]
+    fn lexemes_are_in_byte_order_with_their_positions() {
+        for sample in SAMPLES.iter().chain([&SHARED_PREFIXES]) {
+            // The reference: every token with its 1-based position, grouped by bytes.
+            let mut expected: std::collections::BTreeMap<Vec<u8>, Vec<u16>> = Default::default();
+            for (index, token) in tokens(sample).iter().enumerate() {
+                if !token.is_empty() && token.len() <= MAX_LEXEME_BYTES {
+                    let position = u16::try_from(index + 1).expect("small");
+                    expected
+                        .entry(token.as_bytes().to_vec())
+                        .or_default()
+                        .push(position);
+                }
+            }
+            let expected: Vec<(Vec<u8>, Vec<u16>)> = expected.into_iter().collect();
+            assert_eq!(
+                decode(&TsVector::of(sample).encoded),
+                expected,
+                "{sample:?}"
+            );
+        }
+    }
+
     #[test]
     fn binary_tsvector_equals_the_literal_input() {
         let required = std::env::var("VELLUM_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
@@ -369,6 +424,7 @@ mod tests {
             "a a a b A",
             "O'Neil back\\slash 'quoted'",
             "zeta alpha alphabet alp beta alpha",
+            SHARED_PREFIXES,
             &long_lexeme,
             &many_positions,
             &past_last_position,
