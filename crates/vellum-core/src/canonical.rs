@@ -300,6 +300,173 @@ impl MembersBuilder {
     }
 }
 
+/// The top-level object of [`CanonicalMembers::from_canonical_object`]: each member's value
+/// re-canonicalized straight into the members' text.
+struct TopLevel;
+
+impl<'de> serde::de::Visitor<'de> for TopLevel {
+    type Value = CanonicalMembers;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut builder = MembersBuilder::with_capacity(1024, 32);
+        while let Some(name) = map.next_key_seed(Name)? {
+            let m = &mut builder.members;
+            if let Some(last) = m.members.last()
+                && cmp_member_names(&m.names[last.name.clone()], &name) != Ordering::Less
+            {
+                return Err(serde::de::Error::custom(format!(
+                    "member {name:?} is out of RFC 8785 order or repeated"
+                )));
+            }
+            let start = m.text.len();
+            write_string(&mut m.text, &name);
+            m.text.push(':');
+            map.next_value_seed(Rewrite { out: &mut m.text })?;
+            let name_start = m.names.len();
+            m.names.push_str(&name);
+            m.members.push(MemberRanges {
+                name: name_start..m.names.len(),
+                text: start..m.text.len(),
+            });
+        }
+        Ok(builder.finish())
+    }
+}
+
+/// A member name, borrowed from the text when it has no escapes.
+struct Name;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Name {
+    type Value = std::borrow::Cow<'de, str>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Name {
+    type Value = std::borrow::Cow<'de, str>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Borrowed(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Owned(v.to_owned()))
+    }
+}
+
+/// Writes the canonical form of the JSON value being read to `out`, as [`write_value`] would
+/// write the `Value` serde_json makes of it (same number and string writers), except that an
+/// object's members must already be in RFC 8785 order.
+struct Rewrite<'a> {
+    out: &'a mut String,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Rewrite<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Rewrite<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.out.push_str("null");
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.out.push_str(if v { "true" } else { "false" });
+        Ok(())
+    }
+
+    // Numbers go through `serde_json::Number`, exactly as `Value` holds them.
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        write_number(self.out, &serde_json::Number::from(v));
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        write_number(self.out, &serde_json::Number::from(v));
+        Ok(())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        match serde_json::Number::from_f64(v) {
+            Some(n) => write_number(self.out, &n),
+            None => self.out.push_str("null"),
+        }
+        Ok(())
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        write_string(self.out, v);
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.out.push('[');
+        let mut first = true;
+        loop {
+            let mark = self.out.len();
+            if !first {
+                self.out.push(',');
+            }
+            if seq
+                .next_element_seed(Rewrite {
+                    out: &mut *self.out,
+                })?
+                .is_none()
+            {
+                self.out.truncate(mark);
+                break;
+            }
+            first = false;
+        }
+        self.out.push(']');
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.out.push('{');
+        let mut last: Option<std::borrow::Cow<'de, str>> = None;
+        while let Some(name) = map.next_key_seed(Name)? {
+            if let Some(last) = &last {
+                if cmp_member_names(last, &name) != Ordering::Less {
+                    return Err(serde::de::Error::custom(format!(
+                        "member {name:?} is out of RFC 8785 order or repeated"
+                    )));
+                }
+                self.out.push(',');
+            }
+            write_string(self.out, &name);
+            self.out.push(':');
+            map.next_value_seed(Rewrite {
+                out: &mut *self.out,
+            })?;
+            last = Some(name);
+        }
+        self.out.push('}');
+        Ok(())
+    }
+}
+
 /// Why text handed to [`CanonicalMembers::from_canonical_object`] was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("not a canonical JSON object: {0}")]
@@ -316,16 +483,26 @@ impl CanonicalMembers {
     /// Rebuilds members from [`CanonicalMembers::to_canonical_object`] text. The text must
     /// already be canonical (re-canonicalizing it must give the same bytes): a worker hashes
     /// exactly what the API node prepared, or refuses the message.
+    ///
+    /// The text is re-canonicalized as serde_json reads it ([`Rewrite`]), with the same
+    /// writers as [`write_value`] and no `Value` tree in between: building the tree was
+    /// most of the worker's cost per event after hashing. Members must come strictly in
+    /// RFC 8785 order; a `Value` would have sorted them (or kept the last of two equal names)
+    /// and so changed the text, which is refused all the same.
     pub fn from_canonical_object(text: &str) -> Result<Self, NotCanonical> {
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| NotCanonical(format!("malformed JSON: {e}")))?;
-        let Value::Object(map) = value else {
-            return Err(NotCanonical("not an object".into()));
-        };
-        let members = Self::from_map(&map);
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let members = serde::Deserializer::deserialize_any(&mut deserializer, TopLevel)
+            .and_then(|members| deserializer.end().map(|()| members))
+            .map_err(|e| {
+                if e.is_data() {
+                    NotCanonical(e.to_string())
+                } else {
+                    NotCanonical(format!("malformed JSON: {e}"))
+                }
+            })?;
         if members.to_canonical_object() != text {
             return Err(NotCanonical(
-                "re-canonicalizing changed the text (duplicate or unordered members?)".into(),
+                "re-canonicalizing changed the text (whitespace, escapes or number forms)".into(),
             ));
         }
         Ok(members)
@@ -560,6 +737,69 @@ mod tests {
         assert_eq!(joined, to_canonical_string(&Value::Object(full)));
     }
 
+    /// What `from_canonical_object` did before it streamed: a `Value`, re-canonicalized.
+    fn value_round_trip(text: &str) -> Result<CanonicalMembers, ()> {
+        let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) else {
+            return Err(());
+        };
+        let members = CanonicalMembers::from_map(&map);
+        if members.to_canonical_object() == text {
+            Ok(members)
+        } else {
+            Err(())
+        }
+    }
+
+    /// `value` as JSON text with every object's members in reverse order (text, because a
+    /// `Value` map would sort them again).
+    fn reversed_text(value: &Value) -> String {
+        match value {
+            Value::Array(items) => {
+                let items: Vec<String> = items.iter().map(reversed_text).collect();
+                format!("[{}]", items.join(","))
+            }
+            Value::Object(map) => {
+                let members: Vec<String> = map
+                    .iter()
+                    .rev()
+                    .map(|(k, v)| {
+                        format!(
+                            "{}:{}",
+                            serde_json::to_string(k).expect("name"),
+                            reversed_text(v)
+                        )
+                    })
+                    .collect();
+                format!("{{{}}}", members.join(","))
+            }
+            other => to_canonical_string(other),
+        }
+    }
+
+    #[test]
+    fn out_of_order_and_repeated_members_are_refused_at_any_depth() {
+        for text in [
+            r#"{"a":{"b":1,"a":2}}"#,
+            r#"{"a":[{"x":1,"x":1}]}"#,
+            r#"{"\u00e9":1,"z":2}"#,
+            r#"{"a":1 }"#,
+            r#"{"a":"\u001F"}"#,
+            r#"{"a":1e21}"#,
+            r#"{"a":-0}"#,
+            r#"{"a":1}x"#,
+        ] {
+            assert!(
+                CanonicalMembers::from_canonical_object(text).is_err(),
+                "{text}"
+            );
+            assert!(value_round_trip(text).is_err(), "{text}");
+        }
+        let nested = r#"{"a":{"a":[1,{"b":null,"c":true}],"b":"\u001f\n"},"é":-1.5e-7}"#;
+        let streamed = CanonicalMembers::from_canonical_object(nested).expect("canonical");
+        assert_eq!(streamed.to_canonical_object(), nested);
+        assert!(streamed.contains("é") && streamed.contains("a"));
+    }
+
     fn arb_json() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
@@ -640,6 +880,38 @@ mod tests {
             let once = to_canonical_string(&value);
             let reparsed: Value = serde_json::from_str(&once).expect("canonical output is JSON");
             prop_assert_eq!(to_canonical_string(&reparsed), once);
+        }
+
+        /// The streaming check accepts exactly the texts that the `Value` round trip it
+        /// replaced accepted, and rebuilds the same members: on canonical text, on
+        /// serde_json's own (non-canonical number and escape forms), on pretty-printed
+        /// text, and with the members of every object reversed.
+        #[test]
+        fn streaming_canonical_check_agrees_with_the_value_round_trip(
+            map in prop::collection::btree_map(any::<String>(), arb_json(), 0..8),
+        ) {
+            let value = Value::Object(map.into_iter().collect());
+            let texts = [
+                to_canonical_string(&value),
+                serde_json::to_string(&value).expect("serializes"),
+                serde_json::to_string_pretty(&value).expect("serializes"),
+                reversed_text(&value),
+                to_canonical_string(&value).replacen(':', ": ", 1),
+            ];
+            for text in texts {
+                let streamed = CanonicalMembers::from_canonical_object(&text);
+                let reference = value_round_trip(&text);
+                prop_assert_eq!(streamed.is_ok(), reference.is_ok(), "{:?}", text);
+                if let (Ok(streamed), Ok(reference)) = (streamed, reference) {
+                    // The same members (the text may hold them in another order: only
+                    // their ranges are sorted).
+                    prop_assert_eq!(streamed.to_canonical_object(), reference.to_canonical_object());
+                    let names = |m: &CanonicalMembers| -> Vec<String> {
+                        m.members.iter().map(|r| m.name(r).to_owned()).collect()
+                    };
+                    prop_assert_eq!(names(&streamed), names(&reference));
+                }
+            }
         }
 
         /// Splicing members gives the same text as canonicalizing the whole object.
