@@ -580,28 +580,40 @@ impl QueueIngest {
                 .and_then(|n| n.receipt);
             receipts.push(notice);
         }
-        // A notice can be lost (Redis restarted between commit and publish): the receipt is
-        // in the store under the key all the same.
-        let missing: Vec<&str> = receipts
-            .iter()
-            .zip(&queued)
-            .filter(|(r, _)| r.is_none())
-            .map(|(_, (_, key))| key.as_str())
-            .collect();
-        if !missing.is_empty() {
+        // A notice can be lost (Redis restarted between commit and publish): the event is in
+        // the store all the same, found by its id (`q:` keys, see `ingest::keyed_by_id`) or
+        // by its client key's receipt.
+        let mut missing_keys: Vec<String> = Vec::new();
+        let mut missing_ids: Vec<uuid::Uuid> = Vec::new();
+        for (_, (queued, key)) in receipts.iter().zip(&queued).filter(|(r, _)| r.is_none()) {
+            match key
+                .strip_prefix(QUEUE_KEY_PREFIX)
+                .filter(|id| *id == queued.id)
+                .and_then(|id| uuid::Uuid::parse_str(id).ok())
+            {
+                Some(id) => missing_ids.push(id),
+                None => missing_keys.push(key.clone()),
+            }
+        }
+        if !missing_keys.is_empty() || !missing_ids.is_empty() {
             let store = self.store.clone();
-            let missing_owned: Vec<String> = missing.iter().map(|k| (*k).to_owned()).collect();
             let found = tokio::task::spawn_blocking(move || {
-                let refs: Vec<&str> = missing_owned.iter().map(String::as_str).collect();
-                store.idempotent_receipts(&refs, 0)
+                let refs: Vec<&str> = missing_keys.iter().map(String::as_str).collect();
+                let mut found: HashMap<String, Receipt> = store
+                    .idempotent_receipts(&refs, 0)?
+                    .into_iter()
+                    .filter_map(|(k, r)| serde_json::from_str(&r).ok().map(|r| (k, r)))
+                    .collect();
+                for event in store.events_by_id(&missing_ids)? {
+                    let receipt = Receipt::of_stored(&event);
+                    found.insert(format!("{QUEUE_KEY_PREFIX}{}", receipt.id), receipt);
+                }
+                Ok::<_, vellum_store::StoreError>(found)
             })
             .await
             .map_err(|e| self.refuse(e.to_string()))?;
-            let found: HashMap<String, Receipt> = match found {
-                Ok(rows) => rows
-                    .into_iter()
-                    .filter_map(|(k, r)| serde_json::from_str(&r).ok().map(|r| (k, r)))
-                    .collect(),
+            let found = match found {
+                Ok(found) => found,
                 Err(e) => return Ok(Err(CommitError(e.to_string()))),
             };
             for (slot, (_, key)) in receipts.iter_mut().zip(&queued) {

@@ -59,6 +59,12 @@ pub trait AuditStore: Send + Sync + 'static {
     /// One event by id, straight from the log (read-your-writes).
     fn get_event(&self, id: &uuid::Uuid) -> Result<Option<StoredEvent>, StoreError>;
 
+    /// The events of these ids that the log holds, in no particular order; ids it does not
+    /// hold are left out. The writer asks this for every group that carries queue messages: a
+    /// message delivered again after its commit is recognised by its event id, which the API
+    /// node assigned, instead of by an idempotency receipt written for every event.
+    fn events_by_id(&self, ids: &[uuid::Uuid]) -> Result<Vec<StoredEvent>, StoreError>;
+
     /// Events matching `query`, newest first, one page at a time.
     fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError>;
 

@@ -691,6 +691,28 @@ impl AuditStore for SqliteStore {
         )?)
     }
 
+    fn events_by_id(&self, ids: &[uuid::Uuid]) -> Result<Vec<StoredEvent>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT pos, log_id, seq, body, hash, signature, id FROM log.events WHERE id = ?1",
+            )?;
+            let mut found = Vec::new();
+            for id in ids {
+                if let Some(event) = stmt
+                    .query_row(params![&id.as_bytes()[..]], row_to_event)
+                    .optional()?
+                {
+                    event.check_filed_under(id)?;
+                    found.push(event);
+                }
+            }
+            Ok(found)
+        })
+    }
+
     fn get_event(&self, id: &uuid::Uuid) -> Result<Option<StoredEvent>, StoreError> {
         self.with_reader(|conn| {
             let mut stmt = conn.prepare_cached(

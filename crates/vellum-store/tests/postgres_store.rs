@@ -401,6 +401,20 @@ fn append_log_heads_scan_and_get_round_trip() {
     );
     assert!(store.get_event(&uuid::Uuid::now_v7()).unwrap().is_none());
 
+    // Several by id at once (one `= ANY` probe): the ones the log holds.
+    let wanted = [
+        uuid::Uuid::from_bytes(second.events[1].id),
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::from_bytes(first.events[0].id),
+    ];
+    let mut found = store.events_by_id(&wanted).unwrap();
+    found.sort_by_key(|e| e.pos);
+    assert_eq!(found.len(), 2);
+    assert_same(&found[0], &first.events[0]);
+    assert_same(&found[1], &second.events[1]);
+    assert_eq!(found[1].id_column, Some(second.events[1].id));
+    assert!(store.events_by_id(&[]).unwrap().is_empty());
+
     // Tiles and the checkpoint went in with the events.
     let cp = store
         .latest_checkpoint("default")
@@ -420,6 +434,10 @@ fn append_log_heads_scan_and_get_round_trip() {
     ));
     assert!(matches!(
         store.get_event(&other),
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(matches!(
+        store.events_by_id(&[other]),
         Err(StoreError::Corrupt(_))
     ));
 

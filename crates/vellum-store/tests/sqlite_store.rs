@@ -274,6 +274,19 @@ fn append_log_heads_scan_and_get() {
     }
     assert_eq!(store.get_event(&uuid::Uuid::now_v7()).expect("get"), None);
 
+    // Several by id at once: the ones the log holds, whatever else is asked.
+    let wanted = [
+        uuid::Uuid::from_bytes(second.events[2].id),
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::from_bytes(first.events[0].id),
+    ];
+    let mut found = store.events_by_id(&wanted).expect("by id");
+    found.sort_by_key(|e| e.pos);
+    assert_eq!(found.len(), 2);
+    assert_same(&found[0], &first.events[0]);
+    assert_same(&found[1], &second.events[2]);
+    assert_eq!(store.events_by_id(&[]).expect("none asked"), vec![]);
+
     // to_api_json splices hash and signature onto the stored text.
     let api: Value = serde_json::from_str(&scanned[0].to_api_json()).expect("json");
     assert_eq!(api["hash"], hex::encode(&scanned[0].hash));
