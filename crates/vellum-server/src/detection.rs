@@ -294,10 +294,7 @@ impl Worker {
     }
 
     fn observe_text(&mut self, canonical: &str) {
-        let Ok(value) = serde_json::from_str::<serde_json::Value>(canonical) else {
-            return;
-        };
-        let Some(observed) = ObservedEvent::from_stored(&value) else {
+        let Some(observed) = ObservedEvent::from_stored_text(canonical) else {
             return;
         };
         metrics::counter!("vellum_detection_events_total").increment(1);

@@ -3,7 +3,10 @@
 
 use crate::error::escape_pointer_token;
 use crate::sanitize::SignalKind;
-use serde_json::{Map, Value};
+use serde::Deserialize;
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+use std::borrow::Cow;
 
 /// Most free-text strings taken from one event (the rest are not scanned by the DLP rule): an
 /// event with thousands of strings must not make detection slow.
@@ -75,20 +78,36 @@ impl ObservedEvent {
     /// which no client wrote, are left out), one at a time through a reused buffer. The stored
     /// text is already sanitized, so this finds exactly the kinds raised at ingest.
     pub fn from_stored(event: &Value) -> Option<Self> {
-        let map = event.as_object()?;
-        let text = |key: &str| map.get(key).and_then(Value::as_str);
+        Self::from_view(event)
+    }
+
+    /// [`ObservedEvent::from_stored`] straight from the stored text, as the detection thread
+    /// gets it: read into a tree that borrows its strings from the text instead of a `Value`
+    /// that copies every one of them into its own allocation (the `Value` was half of
+    /// detection's cost per event). Members are visited in the order the text gives them,
+    /// which for a stored (RFC 8785) event is UTF-16 order of the names; a `Value` walks
+    /// them in byte order. The two differ only between names holding characters above
+    /// U+FFFF and names holding U+E000..U+FFFF, and then only in the order of the free-text
+    /// strings (which of them the 64-string bound keeps).
+    pub fn from_stored_text(text: &str) -> Option<Self> {
+        let node = serde_json::from_str::<Node<'_>>(text).ok()?;
+        Self::from_view(&node)
+    }
+
+    fn from_view<'v, V: JsonView<'v>>(event: &'v V) -> Option<Self> {
+        let text = |key: &str| event.get(key).and_then(V::as_str);
         let id = text("id")?.to_owned();
         let log_id = text("logId")?.to_owned();
-        let seq = map.get("seq").and_then(Value::as_u64)?;
+        let seq = event.get("seq").and_then(V::as_u64)?;
         let action = text("action")?.to_owned();
         let status = text("status")?.to_owned();
         let received = text("receivedAt").and_then(parse_micros);
         let occurred = text("timestamp").and_then(parse_micros).or(received);
-        let session = map.get("sessionContext").and_then(Value::as_object);
-        let healthcare = map.get("healthcareContext").and_then(Value::as_object);
+        let session = event.get("sessionContext").filter(|v| v.is_object());
+        let healthcare = event.get("healthcareContext").filter(|v| v.is_object());
         let ip_address = session
             .and_then(|s| s.get("ipAddress"))
-            .and_then(Value::as_str)
+            .and_then(V::as_str)
             .filter(|s| !s.is_empty())
             .map(str::to_owned);
         let country = session
@@ -97,28 +116,25 @@ impl ObservedEvent {
             .map(str::to_owned);
         let emergency_access = healthcare
             .and_then(|h| h.get("emergencyAccess"))
-            .and_then(Value::as_bool)
+            .and_then(V::as_bool)
             .unwrap_or(false);
         let clinical_justification = healthcare
             .and_then(|h| h.get("clinicalJustification"))
-            .and_then(Value::as_str)
+            .and_then(V::as_str)
             .map(str::to_owned);
-        let record_count = map
+        let record_count = event
             .get("details")
             .and_then(|d| d.get("recordCount"))
-            .and_then(Value::as_u64)
+            .and_then(V::as_u64)
             .unwrap_or(1);
-        let redactions = map
-            .get("redactions")
-            .and_then(Value::as_array)
-            .map(|items| {
-                items
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut redactions = Vec::new();
+        if let Some(items) = event.get("redactions") {
+            items.for_each_item(|item| {
+                if let Some(pointer) = item.as_str() {
+                    redactions.push(pointer.to_owned());
+                }
+            });
+        }
         Some(Self {
             id,
             log_id,
@@ -134,8 +150,8 @@ impl ObservedEvent {
             clinical_justification,
             record_count,
             redactions,
-            free_text: free_text(map),
-            injection: injection_kinds(map),
+            free_text: free_text(event),
+            injection: injection_kinds(event),
             action,
             status,
         })
@@ -148,28 +164,28 @@ impl ObservedEvent {
 }
 
 /// The location label of a `geolocation` value.
-fn location(value: &Value) -> Option<&str> {
-    let text = match value {
-        Value::String(s) => Some(s.as_str()),
-        Value::Object(o) => o
+fn location<'v, V: JsonView<'v>>(value: &'v V) -> Option<&'v str> {
+    let text = match value.as_str() {
+        Some(s) => Some(s),
+        None if value.is_object() => value
             .get("country")
-            .and_then(Value::as_str)
-            .or_else(|| o.get("countryCode").and_then(Value::as_str)),
-        _ => None,
+            .and_then(V::as_str)
+            .or_else(|| value.get("countryCode").and_then(V::as_str)),
+        None => None,
     };
     text.filter(|s| !s.trim().is_empty())
 }
 
 /// The free-text strings of an event, bounded.
-fn free_text(map: &Map<String, Value>) -> Vec<(String, String)> {
+fn free_text<'v, V: JsonView<'v>>(event: &'v V) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    if let Some(text) = map.get("outcomeDescription").and_then(Value::as_str) {
+    if let Some(text) = event.get("outcomeDescription").and_then(V::as_str) {
         out.push(("/outcomeDescription".to_owned(), bounded(text)));
     }
-    if let Some(text) = map
+    if let Some(text) = event
         .get("healthcareContext")
         .and_then(|h| h.get("clinicalJustification"))
-        .and_then(Value::as_str)
+        .and_then(V::as_str)
     {
         out.push((
             "/healthcareContext/clinicalJustification".to_owned(),
@@ -177,7 +193,7 @@ fn free_text(map: &Map<String, Value>) -> Vec<(String, String)> {
         ));
     }
     for key in ["details", "changes"] {
-        if let Some(value) = map.get(key) {
+        if let Some(value) = event.get(key) {
             let mut pointer = format!("/{key}");
             walk_strings(value, &mut pointer, 0, &mut out);
         }
@@ -185,8 +201,8 @@ fn free_text(map: &Map<String, Value>) -> Vec<(String, String)> {
     out
 }
 
-fn walk_strings(
-    value: &Value,
+fn walk_strings<'v, V: JsonView<'v>>(
+    value: &'v V,
     pointer: &mut String,
     depth: usize,
     out: &mut Vec<(String, String)>,
@@ -194,34 +210,32 @@ fn walk_strings(
     if out.len() >= MAX_FREE_TEXT_STRINGS || depth > MAX_FREE_TEXT_DEPTH {
         return;
     }
-    match value {
-        Value::String(s) => out.push((pointer.clone(), bounded(s))),
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                let len = pointer.len();
-                pointer.push('/');
-                pointer.push_str(itoa::Buffer::new().format(i));
-                walk_strings(item, pointer, depth + 1, out);
-                pointer.truncate(len);
-                if out.len() >= MAX_FREE_TEXT_STRINGS {
-                    return;
-                }
-            }
-        }
-        Value::Object(members) => {
-            for (key, item) in members {
-                let len = pointer.len();
-                pointer.push('/');
-                pointer.push_str(&escape_pointer_token(key));
-                walk_strings(item, pointer, depth + 1, out);
-                pointer.truncate(len);
-                if out.len() >= MAX_FREE_TEXT_STRINGS {
-                    return;
-                }
-            }
-        }
-        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    if let Some(s) = value.as_str() {
+        out.push((pointer.clone(), bounded(s)));
+        return;
     }
+    let mut index = 0usize;
+    value.for_each_item(|item| {
+        if out.len() >= MAX_FREE_TEXT_STRINGS {
+            return;
+        }
+        let len = pointer.len();
+        pointer.push('/');
+        pointer.push_str(itoa::Buffer::new().format(index));
+        index += 1;
+        walk_strings(item, pointer, depth + 1, out);
+        pointer.truncate(len);
+    });
+    value.for_each_member(|key, item| {
+        if out.len() >= MAX_FREE_TEXT_STRINGS {
+            return;
+        }
+        let len = pointer.len();
+        pointer.push('/');
+        pointer.push_str(&escape_pointer_token(key));
+        walk_strings(item, pointer, depth + 1, out);
+        pointer.truncate(len);
+    });
 }
 
 /// `text` cut to at most [`MAX_FREE_TEXT_BYTES`] at a character boundary.
@@ -242,15 +256,15 @@ fn bounded(text: &str) -> String {
 /// stored text is already clean, so running that detector ([`crate::sanitize::signal_kinds`])
 /// on each of them in place finds the same kinds as sanitizing a copy of the event, without
 /// the copy.
-fn injection_kinds(map: &Map<String, Value>) -> Vec<String> {
+fn injection_kinds<'v, V: JsonView<'v>>(event: &'v V) -> Vec<String> {
     let mut probe = Probe { kinds: Vec::new() };
-    for (key, value) in map {
+    event.for_each_member(|key, value| {
         if crate::model::is_server_field(key) || key == "timestamp" {
-            continue;
+            return;
         }
         probe.check(key);
         probe.walk(value, 0);
-    }
+    });
     probe.kinds
 }
 
@@ -260,21 +274,19 @@ struct Probe {
 }
 
 impl Probe {
-    fn walk(&mut self, value: &Value, depth: usize) {
+    fn walk<'v, V: JsonView<'v>>(&mut self, value: &'v V, depth: usize) {
         if depth > MAX_FREE_TEXT_DEPTH {
             return;
         }
-        match value {
-            Value::String(s) => self.check(s),
-            Value::Array(items) => items.iter().for_each(|item| self.walk(item, depth + 1)),
-            Value::Object(members) => {
-                for (key, item) in members {
-                    self.check(key);
-                    self.walk(item, depth + 1);
-                }
-            }
-            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        if let Some(s) = value.as_str() {
+            self.check(s);
+            return;
         }
+        value.for_each_item(|item| self.walk(item, depth + 1));
+        value.for_each_member(|key, item| {
+            self.check(key);
+            self.walk(item, depth + 1);
+        });
     }
 
     fn check(&mut self, text: &str) {
@@ -287,6 +299,188 @@ impl Probe {
                 self.kinds.push(kind.to_owned());
             }
         }
+    }
+}
+
+/// What [`ObservedEvent::from_view`] reads of a JSON tree, so that one reading serves a
+/// `serde_json::Value` ([`ObservedEvent::from_stored`]) and a [`Node`] borrowed from the
+/// stored text ([`ObservedEvent::from_stored_text`]).
+trait JsonView<'v>: Sized + 'v {
+    /// The member `key` of an object (the last one, should a name repeat).
+    fn get(&'v self, key: &str) -> Option<&'v Self>;
+    /// The text of a string.
+    fn as_str(&'v self) -> Option<&'v str>;
+    /// A non-negative integer.
+    fn as_u64(&'v self) -> Option<u64>;
+    /// A boolean.
+    fn as_bool(&'v self) -> Option<bool>;
+    /// Whether it is an object.
+    fn is_object(&'v self) -> bool;
+    /// Each item of an array, in order (nothing for anything else).
+    fn for_each_item(&'v self, f: impl FnMut(&'v Self));
+    /// Each member of an object, in the tree's order (nothing for anything else).
+    fn for_each_member(&'v self, f: impl FnMut(&'v str, &'v Self));
+}
+
+impl<'v> JsonView<'v> for Value {
+    fn get(&'v self, key: &str) -> Option<&'v Self> {
+        self.as_object()?.get(key)
+    }
+    fn as_str(&'v self) -> Option<&'v str> {
+        Value::as_str(self)
+    }
+    fn as_u64(&'v self) -> Option<u64> {
+        Value::as_u64(self)
+    }
+    fn as_bool(&'v self) -> Option<bool> {
+        Value::as_bool(self)
+    }
+    fn is_object(&'v self) -> bool {
+        Value::is_object(self)
+    }
+    fn for_each_item(&'v self, f: impl FnMut(&'v Self)) {
+        if let Value::Array(items) = self {
+            items.iter().for_each(f);
+        }
+    }
+    fn for_each_member(&'v self, mut f: impl FnMut(&'v str, &'v Self)) {
+        if let Value::Object(members) = self {
+            for (key, value) in members {
+                f(key, value);
+            }
+        }
+    }
+}
+
+/// A JSON value whose strings and names borrow from the text when they hold no escape.
+/// Numbers keep only what the rules read (a non-negative integer).
+#[derive(Debug)]
+enum Node<'a> {
+    /// `null`, or a number that is not a non-negative integer.
+    Other,
+    Bool(bool),
+    Uint(u64),
+    Str(Cow<'a, str>),
+    Array(Vec<Node<'a>>),
+    Object(Vec<(Cow<'a, str>, Node<'a>)>),
+}
+
+impl<'v, 'a: 'v> JsonView<'v> for Node<'a> {
+    fn get(&'v self, key: &str) -> Option<&'v Self> {
+        match self {
+            Node::Object(members) => members.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+    fn as_str(&'v self) -> Option<&'v str> {
+        match self {
+            Node::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+    fn as_u64(&'v self) -> Option<u64> {
+        match self {
+            Node::Uint(n) => Some(*n),
+            _ => None,
+        }
+    }
+    fn as_bool(&'v self) -> Option<bool> {
+        match self {
+            Node::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+    fn is_object(&'v self) -> bool {
+        matches!(self, Node::Object(_))
+    }
+    fn for_each_item(&'v self, f: impl FnMut(&'v Self)) {
+        if let Node::Array(items) = self {
+            items.iter().for_each(f);
+        }
+    }
+    fn for_each_member(&'v self, mut f: impl FnMut(&'v str, &'v Self)) {
+        if let Node::Object(members) = self {
+            for (key, value) in members {
+                f(key, value);
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Node<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(NodeVisitor)
+    }
+}
+
+struct NodeVisitor;
+
+impl<'de> Visitor<'de> for NodeVisitor {
+    type Value = Node<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Node<'de>, E> {
+        Ok(Node::Other)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Node<'de>, E> {
+        Ok(Node::Bool(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Node<'de>, E> {
+        Ok(Node::Uint(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Node<'de>, E> {
+        // `Value::as_u64` reads a non-negative i64 too.
+        Ok(u64::try_from(v).map_or(Node::Other, Node::Uint))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Node<'de>, E> {
+        Ok(Node::Other)
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Node<'de>, E> {
+        Ok(Node::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Node<'de>, E> {
+        Ok(Node::Str(Cow::Owned(v.to_owned())))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node<'de>, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(item) = seq.next_element::<Node<'de>>()? {
+            items.push(item);
+        }
+        Ok(Node::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
+        let mut members = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
+        while let Some(key) = map.next_key_seed(NameSeed)? {
+            members.push((key, map.next_value::<Node<'de>>()?));
+        }
+        Ok(Node::Object(members))
+    }
+}
+
+/// A member name, borrowed when it holds no escape.
+struct NameSeed;
+
+impl<'de> DeserializeSeed<'de> for NameSeed {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NameSeed {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a member name")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
     }
 }
 

@@ -1604,6 +1604,84 @@ fn from_stored_bounds_free_text() {
     assert!(e.free_text.is_empty());
 }
 
+/// `from_stored_text` (the detection thread's, over a tree borrowed from the text) reads
+/// the same facts as `from_stored` over a `Value` parsed from the same stored text.
+#[test]
+fn from_stored_text_reads_what_from_stored_reads() {
+    let cases = [
+        stored(json!({
+            "principalId": "dr-ana", "organizationId": "clinic-1", "dataClassification": "PHI",
+            "outcomeDescription": "read chart <script>alert(1)</script>",
+            "sessionContext": {"ipAddress": "10.0.0.7", "geolocation": {"countryCode": "PT"}},
+            "healthcareContext": {"emergencyAccess": true, "clinicalJustification": "ER"},
+            "details": {"recordCount": 250, "q\"uote": "1' OR '1'='1", "n": [1.5, -2, null, true],
+                        "nested": {"a/b": ["x\u{1}", 1, {"c~d": "y\n\u{2028}é😀"}]}},
+            "changes": {"newValues": {"note": "z"}}, "redactions": ["/details/ssn", 5],
+        })),
+        stored(json!({"details": {"recordCount": 1e3}, "sessionContext": {"geolocation": " "}})),
+        stored(json!({"details": {"recordCount": 18446744073709551615u64}, "seq": 0})),
+        stored(json!({"healthcareContext": "not an object", "sessionContext": [1]})),
+        stored(json!({"details": {"many": (0..80).map(|i| format!("s{i}")).collect::<Vec<_>>()}})),
+        json!({"id": "x", "logId": "l", "seq": 1, "action": "a"}),
+        json!([1, 2]),
+    ];
+    for value in cases {
+        let text = crate::canonical::to_canonical_string(&value);
+        assert_eq!(
+            ObservedEvent::from_stored_text(&text),
+            from_value_of(&text),
+            "{text}"
+        );
+    }
+    assert_eq!(ObservedEvent::from_stored_text("{not json"), None);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// The same, over arbitrary `details` and `changes` (names and strings from a set that
+    /// includes escapes, pointer characters and injection patterns).
+    #[test]
+    fn from_stored_text_agrees_on_arbitrary_details(details in arb_detail(), changes in arb_detail()) {
+        let value = stored(json!({"details": details, "changes": changes}));
+        let text = crate::canonical::to_canonical_string(&value);
+        proptest::prop_assert_eq!(ObservedEvent::from_stored_text(&text), from_value_of(&text));
+    }
+}
+
+/// What detection read before `from_stored_text`: the text parsed into a `Value`.
+fn from_value_of(text: &str) -> Option<ObservedEvent> {
+    ObservedEvent::from_stored(&serde_json::from_str::<Value>(text).ok()?)
+}
+
+fn arb_detail() -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    let word = prop_oneof![
+        Just("recordCount".to_owned()),
+        Just("a/b~c".to_owned()),
+        Just("q\"x\\".to_owned()),
+        Just("<script>x</script>".to_owned()),
+        Just("1; DROP TABLE t".to_owned()),
+        Just("é\u{1}\n".to_owned()),
+        "[a-z]{0,6}",
+    ];
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<u64>().prop_map(|n| json!(n)),
+        (-1e6f64..1e6).prop_map(|f| json!(f)),
+        word.clone().prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 40, 6, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map(word.clone(), inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
 #[test]
 fn fast_timestamp_parsing_agrees_with_the_time_crate() {
     for text in [
