@@ -124,6 +124,8 @@ def vellum_run(workers, events, log, batch, concurrency, wait="queued", rate=Non
     config = os.path.join(tmp, "vellum.toml")
     with open(config, "w") as f:
         f.write(f"queuePartitions = {PARTITIONS}\nlogPerOrganization = {'true' if log == 'org' else 'false'}\n")
+        # Extra vellum.toml lines for an A/B (e.g. "workerWriters = 1").
+        f.write(os.environ.get("VELLUM_BENCH_CONFIG", "").replace("\\n", "\n") + "\n")
     env = dict(os.environ, AUDIT_DB_URL=PG.rsplit("/", 1)[0] + "/" + db, AUDIT_REDIS_URL=REDIS,
                AUDIT_QUEUE_NAME=queue, AUDIT_CRYPTO_SECRET=SECRET, VELLUM_LOG="warn")
     procs = []

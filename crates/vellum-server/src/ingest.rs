@@ -12,8 +12,14 @@
 //! thread appends group N (the store's work: SQLite's, or PostgreSQL's in another process),
 //! the writer thread seals group N+1 on top of N's heads. The two halves' CPU then overlaps
 //! instead of adding up (the scale-out worker spent as long sealing and building index rows as
-//! PostgreSQL spent storing them, one after the other). The price is the failure rule below:
-//! a group sealed on top of a group that then fails to commit is refused too.
+//! PostgreSQL spent storing them, one after the other). Group N+1 stays open while N commits:
+//! whatever arrives meanwhile is sealed on top of it and joins it, and it goes to the
+//! committer the moment the committer is free (or when it reaches `max_batch`). Handing
+//! N+1 over as soon as it was sealed made every other commit small, and a commit has a fixed
+//! cost (transaction, fsync, tiles, acks): two scale-out workers sharing two cores made
+//! about 1,000 commits of 20 events for 20,000 events, and now make 120 to 170. The price
+//! is the failure rule below: a group
+//! sealed on top of a group that then fails to commit is refused too.
 //!
 //! The writer also keeps each log's Merkle tree ([`TileWriter`]): the tiles an append changes
 //! go into the same transaction as its events, and a signed checkpoint joins the transaction
@@ -404,6 +410,7 @@ impl Writer {
             shared,
             generation: 0,
             committer: Some(committer),
+            pending: None,
         };
         let thread = std::thread::Builder::new()
             .name("vellum-writer".into())
@@ -546,6 +553,38 @@ struct WriterState {
     /// The committer's generation the heads were last loaded in (see [`PipelineShared`]).
     generation: u64,
     committer: Option<Committer>,
+    /// The group sealed while the committer is busy with the previous one. What arrives in
+    /// the meantime is sealed on top of it and joins it, so a group holds everything that
+    /// arrived during the previous commit: handing over a group as soon as it was sealed
+    /// made every other commit a small one (what arrived while the previous group was being
+    /// sealed), and a commit has a fixed cost (transaction, fsync, tiles, acks).
+    pending: Option<SealedGroup>,
+}
+
+/// What [`WriterState::wait_for_committer_or_request`] ended with.
+enum Waited {
+    /// The pending group went to the committer.
+    HandedOver,
+    /// A request arrived first.
+    Request(Request),
+    /// Every handle is gone.
+    Disconnected,
+}
+
+/// `first` and whatever else is waiting, up to `room` events (always `first`).
+fn gather(rx: &Receiver<Request>, first: Request, room: usize) -> (Vec<Request>, usize) {
+    let mut events: usize = first.submissions.len();
+    let mut group = vec![first];
+    while events < room {
+        match rx.try_recv() {
+            Ok(next) => {
+                events += next.submissions.len();
+                group.push(next);
+            }
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+        }
+    }
+    (group, events)
 }
 
 /// What the writer and the committer share.
@@ -569,6 +608,24 @@ struct SealedGroup {
     events: usize,
     generation: u64,
     started: Instant,
+}
+
+impl SealedGroup {
+    /// Takes in `later`, sealed on top of this group: its events follow these in every log,
+    /// its tiles supersede these (the stores keep the last version of a tile in a batch).
+    fn absorb(&mut self, later: SealedGroup) {
+        self.requests.extend(later.requests);
+        self.receipts.extend(later.receipts);
+        self.batch.events.extend(later.batch.events);
+        self.batch.idempotency.extend(later.batch.idempotency);
+        self.batch.tiles.extend(later.batch.tiles);
+        self.batch.checkpoints.extend(later.batch.checkpoints);
+        self.keys.extend(later.keys);
+        self.checkpoints += later.checkpoints;
+        self.events += later.events;
+        self.generation = self.generation.min(later.generation);
+        self.started = self.started.min(later.started);
+    }
 }
 
 enum ToCommitter {
@@ -603,9 +660,7 @@ impl Committer {
                             let _ = done.send(());
                         }
                         ToCommitter::Group(group) => {
-                            let events = group.events;
-                            commit_sealed(store.as_ref(), &shared, tap.as_ref(), group);
-                            release(&queued, events);
+                            commit_sealed(store.as_ref(), &shared, tap.as_ref(), &queued, group);
                         }
                     }
                 }
@@ -629,6 +684,7 @@ fn commit_sealed(
     store: &dyn AuditStore,
     shared: &PipelineShared,
     tap: Option<&CommitTap>,
+    queued: &AtomicUsize,
     group: SealedGroup,
 ) {
     let result = if group.generation != shared.generation.load(Ordering::Acquire) {
@@ -674,6 +730,9 @@ fn commit_sealed(
             in_flight.remove(key);
         }
     }
+    // The commit has ended: its events leave the ingest bound before anyone hears of it, so
+    // a submitter that got its answer and sends again is never refused for its own events.
+    release(queued, group.events);
     match result {
         Ok(()) => {
             for (request, receipts) in group.requests.into_iter().zip(group.receipts) {
@@ -698,6 +757,20 @@ enum Outcome {
 impl WriterState {
     fn run(&mut self, rx: &Receiver<Request>) {
         loop {
+            if self.pending.is_some() {
+                // A group is sealed and the committer is busy: add what arrives to it, and
+                // hand it over the moment the committer is free.
+                match self.wait_for_committer_or_request(rx) {
+                    Waited::HandedOver => continue,
+                    Waited::Request(first) => {
+                        let room = self.config.max_batch.saturating_sub(self.pending_events());
+                        let (group, events) = gather(rx, first, room);
+                        self.commit_group(group, events);
+                        continue;
+                    }
+                    Waited::Disconnected => break,
+                }
+            }
             let first = match self.next_checkpoint_due() {
                 None => match rx.recv() {
                     Ok(r) => r,
@@ -712,20 +785,11 @@ impl WriterState {
                     Err(RecvTimeoutError::Disconnected) => break,
                 },
             };
-            let mut group = vec![first];
-            let mut events: usize = group[0].submissions.len();
-            while events < self.config.max_batch {
-                match rx.try_recv() {
-                    Ok(next) => {
-                        events += next.submissions.len();
-                        group.push(next);
-                    }
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                }
-            }
+            let (group, events) = gather(rx, first, self.config.max_batch);
             self.commit_group(group, events);
         }
         // Shutting down: leave every acknowledged event under a checkpoint.
+        self.hand_over_pending();
         self.checkpoint_idle_logs_now();
         if let Some(committer) = self.committer.take() {
             drop(committer.tx);
@@ -736,6 +800,7 @@ impl WriterState {
     /// Waits until the committer has finished every group sent so far; if one failed since
     /// the heads were loaded, reloads them from the store (which is now final).
     fn drain(&mut self) {
+        self.hand_over_pending();
         if let Some(committer) = &self.committer {
             let (done, wait) = crossbeam_channel::bounded(1);
             if committer.tx.send(ToCommitter::Drain(done)).is_ok() {
@@ -869,17 +934,94 @@ impl WriterState {
                 return;
             }
         };
-        let sent = match &self.committer {
-            Some(committer) => committer.tx.send(ToCommitter::Group(sealed)),
-            None => Err(crossbeam_channel::SendError(ToCommitter::Group(sealed))),
+        match &mut self.pending {
+            // Sealed on top of the pending group: one commit for both.
+            Some(pending) => pending.absorb(sealed),
+            None => self.pending = Some(sealed),
+        }
+        self.try_hand_over();
+    }
+
+    /// Events in the pending group.
+    fn pending_events(&self) -> usize {
+        self.pending.as_ref().map_or(0, |p| p.events)
+    }
+
+    /// Hands the pending group to the committer if it is waiting for one.
+    fn try_hand_over(&mut self) {
+        let Some(committer) = &self.committer else {
+            return self.hand_over_pending();
         };
-        if let Err(crossbeam_channel::SendError(ToCommitter::Group(lost))) = sent {
-            // The committer is gone (it cannot be while the writer runs, barring a panic).
+        if let Some(group) = self.pending.take() {
+            match committer.tx.try_send(ToCommitter::Group(group)) {
+                Ok(()) => {}
+                Err(crossbeam_channel::TrySendError::Full(ToCommitter::Group(group))) => {
+                    self.pending = Some(group);
+                }
+                Err(crossbeam_channel::TrySendError::Full(ToCommitter::Drain(_))) => {}
+                Err(crossbeam_channel::TrySendError::Disconnected(message)) => {
+                    self.lost(message);
+                }
+            }
+        }
+    }
+
+    /// Hands the pending group over, waiting for the committer if need be.
+    fn hand_over_pending(&mut self) {
+        let Some(group) = self.pending.take() else {
+            return;
+        };
+        let sent = match &self.committer {
+            Some(committer) => committer.tx.send(ToCommitter::Group(group)),
+            None => Err(crossbeam_channel::SendError(ToCommitter::Group(group))),
+        };
+        if let Err(crossbeam_channel::SendError(message)) = sent {
+            self.lost(message);
+        }
+    }
+
+    /// A group the committer can no longer take (it is gone: it cannot be while the writer
+    /// runs, barring a panic) is refused.
+    fn lost(&self, message: ToCommitter) {
+        if let ToCommitter::Group(lost) = message {
             release(&self.queued, lost.events);
             for request in lost.requests {
                 let _ = request
                     .reply
                     .send(Err(CommitError("the committer thread stopped".into())));
+            }
+        }
+    }
+
+    /// With a group pending: blocks until the committer takes it (then hands it over) or a
+    /// request arrives, whichever comes first. A full pending group only waits for the
+    /// committer.
+    fn wait_for_committer_or_request(&mut self, rx: &Receiver<Request>) -> Waited {
+        let Some(committer) = &self.committer else {
+            self.hand_over_pending();
+            return Waited::HandedOver;
+        };
+        if self.pending_events() >= self.config.max_batch {
+            self.hand_over_pending();
+            return Waited::HandedOver;
+        }
+        let mut select = crossbeam_channel::Select::new();
+        let send = select.send(&committer.tx);
+        let recv = select.recv(rx);
+        let operation = select.select();
+        if operation.index() == send {
+            if let Some(group) = self.pending.take()
+                && let Err(crossbeam_channel::SendError(message)) =
+                    operation.send(&committer.tx, ToCommitter::Group(group))
+            {
+                self.lost(message);
+            }
+            Waited::HandedOver
+        } else {
+            debug_assert_eq!(operation.index(), recv);
+            match operation.recv(rx) {
+                Ok(request) => Waited::Request(request),
+                Err(_) => Waited::Disconnected,
             }
         }
     }

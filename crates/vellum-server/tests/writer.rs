@@ -1,6 +1,9 @@
-//! The writer's idempotency, on a real SQLite store: a queue message (`q:<event id>` key)
-//! delivered again is recognised by its event id in the log, with no receipt row of its own,
-//! across a writer restart; clients' keys keep their receipts.
+//! The group-commit writer on a real SQLite store.
+//!
+//! - Idempotency: a queue message (`q:<event id>` key) delivered again is recognised by its
+//!   event id in the log, with no receipt row of its own, across a writer restart; clients'
+//!   keys keep their receipts.
+//! - Grouping: what arrives while a commit runs joins one group, sealed as it arrives.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,13 +14,21 @@ use vellum_core::config::{RedactionConfig, ValidationConfig};
 use vellum_core::integrity::HmacKeyring;
 use vellum_core::pipeline::Pipeline;
 use vellum_core::redact::Redactor;
-use vellum_server::ingest::{IngestHandle, Receipt, Submission, Writer, WriterConfig};
+use vellum_server::ingest::{CommitTap, IngestHandle, Receipt, Submission, Writer, WriterConfig};
 use vellum_server::scaleout::QUEUE_KEY_PREFIX;
 use vellum_store::AuditStore;
 use vellum_store::sqlite::{SqliteOptions, SqliteStore};
 use zeroize::Zeroizing;
 
 fn start(dir: &std::path::Path, store: &Arc<SqliteStore>) -> (Writer, IngestHandle) {
+    start_with_tap(dir, store, None)
+}
+
+fn start_with_tap(
+    dir: &std::path::Path,
+    store: &Arc<SqliteStore>,
+    commit_tap: Option<CommitTap>,
+) -> (Writer, IngestHandle) {
     let dyn_store: Arc<dyn AuditStore> = store.clone();
     let keyring = Arc::new(
         HmacKeyring::single(Zeroizing::new(
@@ -44,7 +55,7 @@ fn start(dir: &std::path::Path, store: &Arc<SqliteStore>) -> (Writer, IngestHand
             log_per_organization: false,
             checkpoint_interval: Duration::from_secs(3600),
             partition: None,
-            commit_tap: None,
+            commit_tap,
         },
     )
     .expect("writer")
@@ -164,6 +175,53 @@ async fn queue_messages_are_recognised_by_event_id_and_client_keys_by_receipt() 
         1
     );
     assert_eq!(store.scan_log("default", 0, 100).expect("scan").len(), 4);
+
+    drop(handle);
+    writer.join();
+    store.shutdown();
+}
+
+/// While a commit waits on the store (here: another connection holds SQLite's write lock),
+/// requests that arrive one after the other are sealed into one open group, committed as
+/// one when the store is free: two commits in all, not one per request (nor a small one
+/// followed by the rest).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_arriving_during_a_commit_form_one_group() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path(), SqliteOptions::default()).expect("store");
+    let (tap, commits) = CommitTap::bounded(64);
+    let (writer, handle) = start_with_tap(dir.path(), &store, Some(tap));
+    let handle = Arc::new(handle);
+
+    let blocker = rusqlite::Connection::open(dir.path().join("vellum.db")).expect("open log");
+    blocker
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+    let send = |n: u32| {
+        let handle = handle.clone();
+        tokio::spawn(async move { submit(&handle, vec![submission(n, None, None)]).await })
+    };
+    // The first request's commit waits for the lock.
+    let first = send(0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // These arrive one at a time while it waits.
+    let mut later = Vec::new();
+    for n in 1..=8 {
+        later.push(send(n));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    blocker.execute_batch("COMMIT").expect("release the lock");
+
+    assert_eq!(first.await.expect("task")[0].seq, 0);
+    let mut seqs: Vec<u64> = Vec::new();
+    for task in later {
+        seqs.push(task.await.expect("task")[0].seq);
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=8).collect::<Vec<u64>>());
+    let sizes: Vec<usize> = commits.try_iter().map(|batch| batch.len()).collect();
+    assert_eq!(sizes, [1, 8], "events per commit");
 
     drop(handle);
     writer.join();
