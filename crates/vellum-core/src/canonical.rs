@@ -313,7 +313,7 @@ impl<'de> serde::de::Visitor<'de> for TopLevel {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut builder = MembersBuilder::with_capacity(1024, 32);
-        while let Some(name) = map.next_key_seed(Name)? {
+        while let Some(name) = map.next_key_seed(MemberName)? {
             let m = &mut builder.members;
             if let Some(last) = m.members.last()
                 && cmp_member_names(&m.names[last.name.clone()], &name) != Ordering::Less
@@ -337,10 +337,11 @@ impl<'de> serde::de::Visitor<'de> for TopLevel {
     }
 }
 
-/// A member name, borrowed from the text when it has no escapes.
-struct Name;
+/// A member name, borrowed from the text when it has no escapes (also the detection
+/// tree's, `detect::event::Node`).
+pub(crate) struct MemberName;
 
-impl<'de> serde::de::DeserializeSeed<'de> for Name {
+impl<'de> serde::de::DeserializeSeed<'de> for MemberName {
     type Value = std::borrow::Cow<'de, str>;
 
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
@@ -348,7 +349,7 @@ impl<'de> serde::de::DeserializeSeed<'de> for Name {
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for Name {
+impl<'de> serde::de::Visitor<'de> for MemberName {
     type Value = std::borrow::Cow<'de, str>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -446,7 +447,7 @@ impl<'de> serde::de::Visitor<'de> for Rewrite<'_> {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         self.out.push('{');
         let mut last: Option<std::borrow::Cow<'de, str>> = None;
-        while let Some(name) = map.next_key_seed(Name)? {
+        while let Some(name) = map.next_key_seed(MemberName)? {
             if let Some(last) = &last {
                 if cmp_member_names(last, &name) != Ordering::Less {
                     return Err(serde::de::Error::custom(format!(
