@@ -16,6 +16,9 @@ measured from enqueue to the row's commit (bench/bullmq/run.js).
 Usage: python3 bench/scaleout.py [--runs 3] [--events 20000] [--workers 1 2] [--log org|single]
        [--batch 1|100] [--wait queued|committed] [--rate EVENTS_PER_S]
 Needs: cargo build --release; cd bench/bullmq && npm ci
+Environment: VELLUM_BENCH_PARTITIONS (default 16); VELLUM_BENCH_CONFIG, extra vellum.toml lines
+for Vellum's nodes (an A/B of a setting); VELLUM_BENCH_PERF=/path (+ VELLUM_BENCH_PERF_HZ,
+VELLUM_BENCH_PERF_ARGS) to `perf record -a` Vellum's measured interval.
 """
 import argparse, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time
 
