@@ -940,6 +940,12 @@ impl WriterState {
             None => self.pending = Some(sealed),
         }
         self.try_hand_over();
+        if let Some(pending) = &mut self.pending {
+            // The committer is busy: build now what the append would build first (the
+            // search index rows on PostgreSQL), so that it overlaps the commit in flight
+            // instead of holding up this one.
+            self.store.prepare(&mut pending.batch);
+        }
     }
 
     /// Events in the pending group.

@@ -46,6 +46,14 @@ pub trait AuditStore: Send + Sync + 'static {
     /// Returns only once the batch is durable (survives a crash or power loss).
     fn append(&self, batch: &AppendBatch) -> Result<(), StoreError>;
 
+    /// Builds ahead, outside any transaction, what [`AuditStore::append`] would build for the
+    /// events of `batch` not yet covered (PostgreSQL: the search index rows). The writer calls
+    /// it on the group it keeps open while the previous group commits, so that the work
+    /// overlaps that commit. Optional: `append` builds whatever is not prepared.
+    fn prepare(&self, batch: &mut AppendBatch) {
+        let _ = batch;
+    }
+
     /// Receipts stored for any of these idempotency keys within the retention window.
     fn idempotent_receipts(
         &self,

@@ -52,6 +52,34 @@ pub struct AppendBatch {
     pub tiles: Vec<(String, vellum_core::tiles::Tile)>,
     /// Checkpoints signed over the tree including these events.
     pub checkpoints: Vec<vellum_core::checkpoint::SignedCheckpoint>,
+    /// Work done ahead for the first events, outside any transaction
+    /// ([`crate::AuditStore::prepare`]); `append` does the rest itself.
+    pub prepared: Prepared,
+}
+
+/// What a store built ahead for the events of an [`AppendBatch`] (PostgreSQL: the search
+/// index rows, with their `tsvector`s), so that building them overlaps the previous commit
+/// instead of delaying the next. Opaque; a clone starts empty (the work is redone).
+#[derive(Default)]
+pub struct Prepared {
+    /// The search index rows of `events[..covered]` (tombstones have none).
+    pub(crate) index: Option<crate::postgres::IndexColumns>,
+    /// How many of the batch's events `index` covers.
+    pub(crate) covered: usize,
+}
+
+impl Clone for Prepared {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("covered", &self.covered)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An event as stored.

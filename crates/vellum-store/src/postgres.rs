@@ -71,6 +71,8 @@
 
 mod schema;
 mod search;
+
+pub(crate) use search::IndexColumns;
 mod tokenize;
 mod url;
 
@@ -473,16 +475,18 @@ impl Inner {
         {
             return Ok(());
         }
-        // Parse each body once for the index (outside the transaction), as SQLite's indexer.
-        let mut index = search::IndexColumns::default();
-        for event in &batch.events {
-            // A purged event (tombstone) is not searchable; a body that does not parse is
-            // indexed as empty rather than refused (`vellum verify` reports it).
-            if vellum_core::retention::Tombstone::from_body(&event.canonical).is_none() {
-                let row = crate::index::extract(&event.canonical).unwrap_or_default();
-                index.push(&event.log_id, to_i64(event.seq), row);
+        // Parse each body once for the index (outside the transaction), unless the writer
+        // had it done ahead (`prepare`).
+        let built;
+        let index = match &batch.prepared.index {
+            Some(index) if batch.prepared.covered == batch.events.len() => index,
+            _ => {
+                let mut index = search::IndexColumns::default();
+                index_rows(&batch.events, &mut index);
+                built = index;
+                &built
             }
-        }
+        };
         let months: Vec<MonthId> = index
             .ms
             .iter()
@@ -951,7 +955,36 @@ impl PgStore {
     }
 }
 
+/// Adds the search index rows of `events` to `index`. A purged event (tombstone) is not
+/// searchable; a body that does not parse is indexed as empty rather than refused (`vellum
+/// verify` reports it).
+fn index_rows(events: &[NewEvent], index: &mut search::IndexColumns) {
+    for event in events {
+        if vellum_core::retention::Tombstone::from_body(&event.canonical).is_none() {
+            let row = crate::index::extract(&event.canonical).unwrap_or_default();
+            index.push(&event.log_id, to_i64(event.seq), row);
+        }
+    }
+}
+
+/// [`AuditStore::prepare`] of both PostgreSQL stores: the index rows of the events not yet
+/// covered.
+fn prepare_index(batch: &mut AppendBatch) {
+    let covered = batch.prepared.covered;
+    if covered > batch.events.len() {
+        batch.prepared = Prepared::default();
+    }
+    let covered = batch.prepared.covered;
+    let index = batch.prepared.index.get_or_insert_with(Default::default);
+    index_rows(&batch.events[covered..], index);
+    batch.prepared.covered = batch.events.len();
+}
+
 impl AuditStore for PgStore {
+    fn prepare(&self, batch: &mut AppendBatch) {
+        prepare_index(batch);
+    }
+
     fn log_heads(&self) -> Result<Vec<LogHead>, StoreError> {
         let inner = &self.inner;
         self.block_on(async {
@@ -1836,6 +1869,10 @@ impl PgLease {
 }
 
 impl AuditStore for PgLease {
+    fn prepare(&self, batch: &mut AppendBatch) {
+        prepare_index(batch);
+    }
+
     fn log_heads(&self) -> Result<Vec<LogHead>, StoreError> {
         if !self.is_held() {
             return Err(Self::lost());

@@ -447,6 +447,53 @@ fn append_log_heads_scan_and_get_round_trip() {
     assert_eq!(again.scan_log("org-b", 0, 10).unwrap().len(), 3);
 }
 
+/// `prepare` (the writer builds the index rows while the previous group commits) stores the
+/// same search rows as an append that builds them itself, whether it covered the batch in
+/// two steps or covers only part of it when the append comes.
+#[test]
+fn a_prepared_batch_stores_the_same_index_rows() {
+    let Some((schema, store)) = setup() else {
+        return;
+    };
+    let events: Vec<Value> = (0..6)
+        .map(|i| ev(i, &format!("2026-11-23T10:00:0{i}Z"), &format!("dr-{i}")))
+        .collect();
+    let mut plain = Chain::new("plain");
+    store.append(&plain.batch(events.clone(), false)).unwrap();
+
+    let mut twice = Chain::new("twice");
+    let mut batch = twice.batch(events[..3].to_vec(), false);
+    store.prepare(&mut batch);
+    let more = twice.batch(events[3..].to_vec(), false);
+    batch.events.extend(more.events);
+    batch.tiles.extend(more.tiles);
+    store.prepare(&mut batch);
+    store.append(&batch).unwrap();
+
+    // Covered in part: the append builds every row itself.
+    let mut part = Chain::new("part");
+    let mut batch = part.batch(events[..3].to_vec(), false);
+    store.prepare(&mut batch);
+    let more = part.batch(events[3..].to_vec(), false);
+    batch.events.extend(more.events);
+    batch.tiles.extend(more.tiles);
+    store.append(&batch).unwrap();
+
+    let rows = |log: &str| {
+        schema.value(&format!(
+            "SELECT count(*) || ':' || string_agg(concat_ws('|', seq, ms, ts, action, status,
+                 classification, principal_id, organization_id, target_type, target_id,
+                 session_id, ip, patient_id, subject_id, correlation_id, emergency, tags::text,
+                 tsv::text), ';' ORDER BY seq)
+             FROM event_index WHERE log_id = '{log}'"
+        ))
+    };
+    let expected = rows("plain").expect("rows");
+    assert!(expected.starts_with("6:"), "{expected}");
+    assert_eq!(rows("twice").as_deref(), Some(expected.as_str()));
+    assert_eq!(rows("part").as_deref(), Some(expected.as_str()));
+}
+
 #[test]
 fn idempotent_receipts_window_and_expiry() {
     let Some((_schema, store)) = setup() else {
