@@ -558,7 +558,7 @@ struct WriterState {
     /// arrived during the previous commit: handing over a group as soon as it was sealed
     /// made every other commit a small one (what arrived while the previous group was being
     /// sealed), and a commit has a fixed cost (transaction, fsync, tiles, acks).
-    pending: Option<SealedGroup>,
+    pending: Option<Box<SealedGroup>>,
 }
 
 /// What [`WriterState::wait_for_committer_or_request`] ended with.
@@ -629,7 +629,8 @@ impl SealedGroup {
 }
 
 enum ToCommitter {
-    Group(SealedGroup),
+    /// Boxed: a sealed group is large, the other variant small.
+    Group(Box<SealedGroup>),
     /// Answered once everything sent before it has been committed or refused.
     Drain(crossbeam_channel::Sender<()>),
 }
@@ -660,7 +661,7 @@ impl Committer {
                             let _ = done.send(());
                         }
                         ToCommitter::Group(group) => {
-                            commit_sealed(store.as_ref(), &shared, tap.as_ref(), &queued, group);
+                            commit_sealed(store.as_ref(), &shared, tap.as_ref(), &queued, *group);
                         }
                     }
                 }
@@ -937,7 +938,7 @@ impl WriterState {
         match &mut self.pending {
             // Sealed on top of the pending group: one commit for both.
             Some(pending) => pending.absorb(sealed),
-            None => self.pending = Some(sealed),
+            None => self.pending = Some(Box::new(sealed)),
         }
         self.try_hand_over();
         if let Some(pending) = &mut self.pending {
