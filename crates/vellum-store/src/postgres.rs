@@ -71,10 +71,10 @@
 
 mod schema;
 mod search;
-
-pub(crate) use search::IndexColumns;
 mod tokenize;
 mod url;
+
+pub(crate) use search::IndexColumns;
 
 use crate::model::*;
 use crate::{AuditStore, StoreError};
@@ -970,8 +970,7 @@ fn index_rows(events: &[NewEvent], index: &mut search::IndexColumns) {
 /// [`AuditStore::prepare`] of both PostgreSQL stores: the index rows of the events not yet
 /// covered.
 fn prepare_index(batch: &mut AppendBatch) {
-    let covered = batch.prepared.covered;
-    if covered > batch.events.len() {
+    if batch.prepared.covered > batch.events.len() {
         batch.prepared = Prepared::default();
     }
     let covered = batch.prepared.covered;
@@ -1065,22 +1064,7 @@ impl AuditStore for PgStore {
     }
 
     fn get_event(&self, id: &uuid::Uuid) -> Result<Option<StoredEvent>, StoreError> {
-        let inner = &self.inner;
-        let event = self.block_on(async {
-            let client = inner.client().await?;
-            let row = client
-                .query_typed_opt(
-                    &format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = $1"),
-                    &[(id, Type::UUID)],
-                )
-                .await
-                .map_err(pg_err)?;
-            row.as_ref().map(row_to_event).transpose()
-        })?;
-        if let Some(event) = &event {
-            event.check_filed_under(id)?;
-        }
-        Ok(event)
+        Ok(self.events_by_id(std::slice::from_ref(id))?.pop())
     }
 
     fn events_by_id(&self, ids: &[uuid::Uuid]) -> Result<Vec<StoredEvent>, StoreError> {

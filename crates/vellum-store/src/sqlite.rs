@@ -714,18 +714,7 @@ impl AuditStore for SqliteStore {
     }
 
     fn get_event(&self, id: &uuid::Uuid) -> Result<Option<StoredEvent>, StoreError> {
-        self.with_reader(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT pos, log_id, seq, body, hash, signature, id FROM log.events WHERE id = ?1",
-            )?;
-            let event = stmt
-                .query_row(params![&id.as_bytes()[..]], row_to_event)
-                .optional()?;
-            if let Some(event) = &event {
-                event.check_filed_under(id)?;
-            }
-            Ok(event)
-        })
+        Ok(self.events_by_id(std::slice::from_ref(id))?.pop())
     }
 
     fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
