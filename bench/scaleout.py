@@ -17,7 +17,8 @@ Usage: python3 bench/scaleout.py [--runs 3] [--events 20000] [--workers 1 2] [--
        [--batch 1|100] [--wait queued|committed] [--rate EVENTS_PER_S]
 Needs: cargo build --release; cd bench/bullmq && npm ci
 Environment: VELLUM_BENCH_PARTITIONS (default 16); VELLUM_BENCH_CONFIG, extra vellum.toml lines
-for Vellum's nodes (an A/B of a setting); VELLUM_BENCH_PERF=/path (+ VELLUM_BENCH_PERF_HZ,
+for Vellum's nodes (an A/B of a setting); VELLUM_BENCH_SQL, SQL run in Vellum's schema once it is
+migrated (an A/B of a schema knob); VELLUM_BENCH_PERF=/path (+ VELLUM_BENCH_PERF_HZ,
 VELLUM_BENCH_PERF_ARGS) to `perf record -a` Vellum's measured interval.
 """
 import argparse, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time
@@ -150,6 +151,9 @@ def vellum_run(workers, events, log, batch, concurrency, wait="queued", rate=Non
             env=dict(env, VELLUM_NODE_ID="api"), stdout=subprocess.DEVNULL,
             stderr=open(os.path.join(tmp, "api.log"), "w")))
         wait_http(api_port)
+        if os.environ.get("VELLUM_BENCH_SQL"):
+            # SQL run on the migrated database before measuring (an A/B of a schema knob).
+            psql(db, "SET search_path TO vellum; " + os.environ["VELLUM_BENCH_SQL"])
         # Every partition owned before measuring (workers take theirs within ~2 s).
         time.sleep(3)
         key = open(os.path.join(api_dir, "admin.key")).read().strip()

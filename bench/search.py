@@ -145,6 +145,9 @@ def compare_bench(url_b, key_b):
                 if not data.get("nextCursor"):
                     break
                 params["cursor"] = data["nextCursor"]
+    if not lat["A"] or not lat["B"]:
+        print("deep pages: skipped (no principal has 50 pages in this store)", flush=True)
+        return
     print("deep pages (50-100, 100/page): " + "; ".join(
         f"{side} p50 {pct(lat[side], 0.5):.1f} p99 {pct(lat[side], 0.99):.1f}" for side in "AB"), flush=True)
 

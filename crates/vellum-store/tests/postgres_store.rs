@@ -304,7 +304,7 @@ fn migrations_are_idempotent_and_safe_concurrently() {
         schema
             .value("SELECT count(*) FROM schema_version")
             .as_deref(),
-        Some("1")
+        Some("2")
     );
     assert!(store.ping().is_ok());
     assert!(store.log_heads().unwrap().is_empty());
@@ -455,16 +455,17 @@ fn a_prepared_batch_stores_the_same_index_rows() {
     let Some((schema, store)) = setup() else {
         return;
     };
-    let events: Vec<Value> = (0..6)
-        .map(|i| ev(i, &format!("2026-11-23T10:00:0{i}Z"), &format!("dr-{i}")))
+    // 40 rows: a complete text block prepared ahead, and a partial one.
+    let events: Vec<Value> = (0..40)
+        .map(|i| ev(i, &format!("2026-11-23T10:00:{i:02}Z"), &format!("dr-{i}")))
         .collect();
     let mut plain = Chain::new("plain");
     store.append(&plain.batch(events.clone(), false)).unwrap();
 
     let mut twice = Chain::new("twice");
-    let mut batch = twice.batch(events[..3].to_vec(), false);
+    let mut batch = twice.batch(events[..35].to_vec(), false);
     store.prepare(&mut batch);
-    let more = twice.batch(events[3..].to_vec(), false);
+    let more = twice.batch(events[35..].to_vec(), false);
     batch.events.extend(more.events);
     batch.tiles.extend(more.tiles);
     store.prepare(&mut batch);
@@ -489,9 +490,97 @@ fn a_prepared_batch_stores_the_same_index_rows() {
         ))
     };
     let expected = rows("plain").expect("rows");
-    assert!(expected.starts_with("6:"), "{expected}");
+    assert!(expected.starts_with("40:"), "{expected}");
     assert_eq!(rows("twice").as_deref(), Some(expected.as_str()));
     assert_eq!(rows("part").as_deref(), Some(expected.as_str()));
+    // The same text blocks: rows 0-31 and 32-39.
+    let blocks = |log: &str| {
+        schema.value(&format!(
+            "SELECT string_agg(n || ':' || lexemes::text, ';' ORDER BY first)
+             FROM (SELECT blk, count(*) AS n, min(pos) AS first FROM event_index
+                   WHERE log_id = '{log}' GROUP BY blk) r JOIN text_blocks USING (blk)"
+        ))
+    };
+    let expected = blocks("plain").expect("blocks");
+    assert!(expected.starts_with("32:'"), "{expected}");
+    assert!(expected.contains(";8:'"), "{expected}");
+    assert_eq!(blocks("twice").as_deref(), Some(expected.as_str()));
+    assert_eq!(blocks("part").as_deref(), Some(expected.as_str()));
+}
+
+#[test]
+fn text_blocks_find_rows_exactly_and_lose_purged_words() {
+    let Some((schema, store)) = setup() else {
+        return;
+    };
+    let mut chain = Chain::new("blocks");
+    let events: Vec<Value> = (0..40)
+        .map(|i| {
+            let mut e = ev(i, &format!("2026-11-23T11:00:{i:02}Z"), "dr-1");
+            let words = match i {
+                5 => "zanzibar lagoon",
+                6 => "alpha",
+                7 => "beta",
+                33 => "alpha beta",
+                _ => "plain",
+            };
+            e["outcomeDescription"] = json!(format!("record {i}: {words}"));
+            e
+        })
+        .collect();
+    let batch = chain.batch(events, false);
+    let appended = batch.events.clone();
+    store.append(&batch).unwrap();
+    let found = |text: &str| -> Vec<u64> {
+        let page = store
+            .search(&SearchQuery {
+                q: Some(text.into()),
+                limit: 100,
+                ..SearchQuery::default()
+            })
+            .unwrap();
+        let mut seqs: Vec<u64> = page.events.iter().map(|e| e.seq).collect();
+        seqs.sort_unstable();
+        seqs
+    };
+    assert_eq!(found("zanzibar"), vec![5]);
+    // Both words are in the first block, but in different rows: only row 33 has both.
+    assert_eq!(found("alpha beta"), vec![33]);
+    assert_eq!(found("alpha"), vec![6, 33]);
+    // A phrase: the words must be adjacent in one row.
+    assert_eq!(found("zanzibar-lagoon"), vec![5]);
+    assert_eq!(found("lagoon-zanzibar"), Vec::<u64>::new());
+    assert_eq!(found("record-5"), vec![5]);
+    assert_eq!(
+        schema.value("SELECT count(*) FROM text_blocks").as_deref(),
+        Some("2")
+    );
+    let blocks_with = |word: &str| {
+        schema.value(&format!(
+            "SELECT count(*) FROM text_blocks WHERE lexemes @@ '{word}'::tsquery"
+        ))
+    };
+    assert_eq!(blocks_with("zanzibar").as_deref(), Some("1"));
+    // Purging row 5 takes its words out of its block; the block keeps the others'.
+    let purged = &appended[5];
+    let tombstone = TombstoneWrite {
+        seq: purged.seq,
+        hash: purged.hash,
+        body: Tombstone {
+            seq: purged.seq,
+            hash: hex::encode(purged.hash),
+            policy: "system".into(),
+            purged_at: "2026-12-01T00:00:00Z".into(),
+            purge_id: "purge-blocks".into(),
+        }
+        .to_body(),
+    };
+    assert_eq!(store.tombstone_events("blocks", &[tombstone]).unwrap(), 1);
+    assert_eq!(blocks_with("zanzibar").as_deref(), Some("0"));
+    assert_eq!(blocks_with("lagoon").as_deref(), Some("0"));
+    assert_eq!(blocks_with("alpha").as_deref(), Some("2"));
+    assert_eq!(found("zanzibar"), Vec::<u64>::new());
+    assert_eq!(found("alpha"), vec![6, 33]);
 }
 
 #[test]

@@ -224,6 +224,95 @@ impl TsVector {
     }
 }
 
+impl TsVector {
+    /// The lexemes of `vectors` together, each once and without positions: the `tsvector` of a
+    /// text block (`text_blocks`), which only has to say which words occur somewhere in its
+    /// events. Equal to `array_to_tsvector` of the distinct lexemes (test
+    /// `block_union_equals_array_to_tsvector`).
+    pub(crate) fn union<'a>(vectors: impl IntoIterator<Item = &'a TsVector>) -> TsVector {
+        // Each vector's lexemes are sorted and distinct: merge them pairwise (n log k
+        // comparisons for k vectors, against n log n for sorting them all), each word keyed by
+        // its first 8 bytes as an integer as in `of`.
+        let key = |word: &'a [u8]| {
+            let mut prefix = [0u8; 8];
+            let n = word.len().min(8);
+            prefix[..n].copy_from_slice(&word[..n]);
+            (u64::from_be_bytes(prefix), word)
+        };
+        let mut lists: Vec<Vec<(u64, &[u8])>> = vectors
+            .into_iter()
+            .map(|v| v.lexemes().map(key).collect())
+            .collect();
+        while lists.len() > 1 {
+            let mut merged = Vec::with_capacity(lists.len().div_ceil(2));
+            let mut pairs = lists.into_iter();
+            while let Some(a) = pairs.next() {
+                match pairs.next() {
+                    Some(b) => merged.push(merge_distinct(&a, &b)),
+                    None => merged.push(a),
+                }
+            }
+            lists = merged;
+        }
+        let words = lists.pop().unwrap_or_default();
+        let mut encoded =
+            Vec::with_capacity(4 + words.iter().map(|w| w.1.len() + 3).sum::<usize>());
+        let count = u32::try_from(words.len()).unwrap_or(u32::MAX);
+        encoded.extend_from_slice(&count.to_be_bytes());
+        for (_, word) in words {
+            encoded.extend_from_slice(word);
+            encoded.extend_from_slice(&[0, 0, 0]);
+        }
+        TsVector { encoded }
+    }
+
+    /// The lexemes of this vector, in its (byte) order.
+    fn lexemes(&self) -> impl Iterator<Item = &[u8]> {
+        let count = self
+            .encoded
+            .get(..4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map_or(0, u32::from_be_bytes);
+        let mut rest = self.encoded.get(4..).unwrap_or_default();
+        (0..count).map_while(move |_| {
+            let nul = rest.iter().position(|&b| b == 0)?;
+            let word = &rest[..nul];
+            let positions = usize::from(u16::from_be_bytes([
+                *rest.get(nul + 1)?,
+                *rest.get(nul + 2)?,
+            ]));
+            rest = rest.get(nul + 3 + 2 * positions..)?;
+            Some(word)
+        })
+    }
+}
+
+/// The union of two sorted lists of distinct words, sorted and distinct.
+fn merge_distinct<'a>(a: &[(u64, &'a [u8])], b: &[(u64, &'a [u8])]) -> Vec<(u64, &'a [u8])> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => {
+                out.push(a[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(b[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                out.push(a[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out
+}
+
 impl tokio_postgres::types::ToSql for TsVector {
     fn to_sql(
         &self,
@@ -248,8 +337,14 @@ pub(crate) enum TextQuery {
     None,
     /// A term has no token (`q=---`): FTS5 matches nothing for an empty phrase.
     Nothing,
-    /// The `tsquery` literal.
-    Query(String),
+    /// The query, in two forms.
+    Query {
+        /// The `tsquery` literal an event's `tsvector` must match: every term, each a phrase.
+        exact: String,
+        /// Every token of every term joined by `&`, without phrases: what a text block
+        /// (`text_blocks`, lexemes without positions) holding a matching event must contain.
+        words: String,
+    },
 }
 
 /// Builds the `tsquery` of a search text the way `index::fts_query` builds the FTS5 query: C0
@@ -261,6 +356,7 @@ pub(crate) fn tsquery_literal(q: &str) -> TextQuery {
         .filter(|&c| c > '\u{1f}' || c == '\t' || c == '\n')
         .collect();
     let mut out = String::new();
+    let mut words: Vec<String> = Vec::new();
     let mut any = false;
     for term in cleaned.split_whitespace() {
         any = true;
@@ -268,6 +364,7 @@ pub(crate) fn tsquery_literal(q: &str) -> TextQuery {
         if tokens.is_empty() || tokens.iter().any(|t| t.len() > MAX_LEXEME_BYTES) {
             return TextQuery::Nothing;
         }
+        words.extend(tokens.iter().cloned());
         if !out.is_empty() {
             out.push_str(" & ");
         }
@@ -286,7 +383,19 @@ pub(crate) fn tsquery_literal(q: &str) -> TextQuery {
         }
     }
     if any {
-        TextQuery::Query(out)
+        words.sort_unstable();
+        words.dedup();
+        let mut all = String::new();
+        for word in &words {
+            if !all.is_empty() {
+                all.push_str(" & ");
+            }
+            quote(word, &mut all);
+        }
+        TextQuery::Query {
+            exact: out,
+            words: all,
+        }
     } else {
         TextQuery::None
     }
@@ -403,6 +512,37 @@ mod tests {
         }
     }
 
+    /// Every distinct lexeme of `samples`, in byte order.
+    fn distinct_lexemes(samples: &[&str]) -> Vec<Vec<u8>> {
+        let mut words: Vec<Vec<u8>> = samples
+            .iter()
+            .flat_map(|s| tokens(s))
+            .filter(|t| !t.is_empty() && t.len() <= MAX_LEXEME_BYTES)
+            .map(String::into_bytes)
+            .collect();
+        words.sort_unstable();
+        words.dedup();
+        words
+    }
+
+    #[test]
+    fn a_block_holds_every_lexeme_once_without_positions() {
+        let samples: Vec<&str> = SAMPLES.iter().copied().chain([SHARED_PREFIXES]).collect();
+        let vectors: Vec<TsVector> = samples.iter().map(|s| TsVector::of(s)).collect();
+        let expected: Vec<(Vec<u8>, Vec<u16>)> = distinct_lexemes(&samples)
+            .into_iter()
+            .map(|w| (w, Vec::new()))
+            .collect();
+        assert!(expected.len() > 50, "the samples have many words");
+        assert_eq!(decode(&TsVector::union(&vectors).encoded), expected);
+        // The lexemes of each vector read back in order.
+        for (sample, vector) in samples.iter().zip(&vectors) {
+            let read: Vec<Vec<u8>> = vector.lexemes().map(<[u8]>::to_vec).collect();
+            assert_eq!(read, distinct_lexemes(&[sample]), "{sample:?}");
+        }
+        assert!(decode(&TsVector::union([]).encoded).is_empty());
+    }
+
     #[test]
     fn binary_tsvector_equals_the_literal_input() {
         let required = std::env::var("VELLUM_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
@@ -459,6 +599,25 @@ mod tests {
                     assert!(lexemes > 0, "{sample:?} has lexemes");
                 }
             }
+            // A block's union is what `array_to_tsvector` makes of the distinct lexemes.
+            let all: Vec<&str> = SAMPLES.iter().chain(extra.iter()).copied().collect();
+            let vectors: Vec<TsVector> = all.iter().map(|s| TsVector::of(s)).collect();
+            let words: Vec<String> = distinct_lexemes(&all)
+                .into_iter()
+                .map(|w| String::from_utf8(w).expect("utf-8"))
+                .collect();
+            let row = client
+                .query_one(
+                    "SELECT $1::tsvector = array_to_tsvector($2::text[]), length($1::tsvector)",
+                    &[&TsVector::union(&vectors), &words],
+                )
+                .await
+                .expect("compare the union");
+            assert!(row.get::<_, bool>(0), "union equals array_to_tsvector");
+            assert_eq!(
+                usize::try_from(row.get::<_, i32>(1)).expect("length"),
+                words.len()
+            );
         });
     }
 
@@ -467,8 +626,11 @@ mod tests {
         assert_eq!(tsquery_literal("  \u{1}  "), TextQuery::None);
         assert_eq!(tsquery_literal("alice ---"), TextQuery::Nothing);
         assert_eq!(
-            tsquery_literal("Alice dr-1 o'neil"),
-            TextQuery::Query("'alice' & ('dr' <-> '1') & ('o' <-> 'neil')".into())
+            tsquery_literal("Alice dr-1 o'neil dr"),
+            TextQuery::Query {
+                exact: "'alice' & ('dr' <-> '1') & ('o' <-> 'neil') & 'dr'".into(),
+                words: "'1' & 'alice' & 'dr' & 'neil' & 'o'".into(),
+            }
         );
         assert_eq!(tsvector_literal("A b, a"), "'a':1 'b':2 'a':3");
     }
