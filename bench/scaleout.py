@@ -193,7 +193,6 @@ def vellum_run(workers, events, log, batch, concurrency, wait="queued", rate=Non
             result["enqueuedPerSecond"] = result["eventsPerSecond"]
             result["eventsPerSecond"] = events / wall
             lags = [lag_quantiles(p) for p in worker_ports]
-            result["commitBatch"] = [metric_lines(p, "vellum_commit_batch_size") for p in worker_ports]
             result["latencyMs"] = {
                 "p50": max(l.get("0.5", 0) for l in lags),
                 "p99": max(l.get("0.99", 0) for l in lags),
@@ -201,6 +200,9 @@ def vellum_run(workers, events, log, batch, concurrency, wait="queued", rate=Non
             }
         else:
             wall = time.time() - t0
+        # Per worker: events per commit and commit duration (summaries from /metrics).
+        result["commitBatch"] = [metric_lines(p, "vellum_commit_batch_size") for p in worker_ports]
+        result["commitSeconds"] = [metric_lines(p, "vellum_commit_duration_seconds") for p in worker_ports]
         if profiler:
             profiler.send_signal(2)
             profiler.wait()

@@ -197,6 +197,24 @@ impl std::fmt::Debug for PgStore {
 /// Maps a driver error to the store's: lost connections, shutdowns, resource exhaustion,
 /// timeouts and serialization failures are `Unavailable` (retry later, 503); anything else
 /// is reported with its SQLSTATE as `Corrupt` (500).
+/// For the unit tests that need a server: its URL (`VELLUM_TEST_PG_URL`), or `None` after
+/// saying the test skips; under `VELLUM_REQUIRE_SERVICES=1` a missing URL fails the test.
+#[cfg(test)]
+pub(crate) fn test_pg_url() -> Option<String> {
+    let required = std::env::var("VELLUM_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
+    let url = std::env::var("VELLUM_TEST_PG_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    if url.is_none() {
+        assert!(
+            !required,
+            "VELLUM_REQUIRE_SERVICES=1 but VELLUM_TEST_PG_URL is not set"
+        );
+        println!("skipping: VELLUM_TEST_PG_URL not set");
+    }
+    url
+}
+
 pub(crate) fn pg_err(e: tokio_postgres::Error) -> StoreError {
     if let Some(db) = e.as_db_error() {
         let code = db.code().code();

@@ -367,16 +367,7 @@ mod tests {
     /// finds the same events after v2 moved full text to text blocks.
     #[test]
     fn v2_builds_text_blocks_for_rows_indexed_at_v1() {
-        let required = std::env::var("VELLUM_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
-        let Some(url) = std::env::var("VELLUM_TEST_PG_URL")
-            .ok()
-            .filter(|u| !u.is_empty())
-        else {
-            assert!(
-                !required,
-                "VELLUM_REQUIRE_SERVICES=1 but VELLUM_TEST_PG_URL is not set"
-            );
-            println!("skipping: VELLUM_TEST_PG_URL not set");
+        let Some(url) = crate::postgres::test_pg_url() else {
             return;
         };
         let schema = format!("vm_{}", uuid::Uuid::now_v7().simple());

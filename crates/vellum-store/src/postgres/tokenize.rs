@@ -545,16 +545,7 @@ mod tests {
 
     #[test]
     fn binary_tsvector_equals_the_literal_input() {
-        let required = std::env::var("VELLUM_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
-        let Some(url) = std::env::var("VELLUM_TEST_PG_URL")
-            .ok()
-            .filter(|u| !u.is_empty())
-        else {
-            assert!(
-                !required,
-                "VELLUM_REQUIRE_SERVICES=1 but VELLUM_TEST_PG_URL is not set"
-            );
-            println!("skipping: VELLUM_TEST_PG_URL not set");
+        let Some(url) = crate::postgres::test_pg_url() else {
             return;
         };
         let long_lexeme = format!("before {} after", "x".repeat(MAX_LEXEME_BYTES + 1));
