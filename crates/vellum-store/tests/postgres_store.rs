@@ -509,6 +509,34 @@ fn a_prepared_batch_stores_the_same_index_rows() {
 }
 
 #[test]
+fn gin_pending_lists_are_emptied_in_the_background() {
+    let Some((schema, store)) = setup() else {
+        return;
+    };
+    let mut chain = Chain::new("pending");
+    let events: Vec<Value> = (0..40)
+        .map(|i| ev(i, &format!("2026-11-23T12:00:{i:02}Z"), "dr-1"))
+        .collect();
+    assert_eq!(store.pending_list_cleanups(), 0, "nothing appended yet");
+    store.append(&chain.batch(events, false)).unwrap();
+    // The append left its GIN entries (text blocks, tags) in the pending lists; the store's
+    // cleaner merges them within about a second.
+    wait_until("a background cleanup after the append", || {
+        store.pending_list_cleanups() >= 1
+    });
+    let pending_pages = schema.value(
+        "SELECT sum(gin_clean_pending_list(c.oid)) FROM pg_class c
+         JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_am a ON a.oid = c.relam
+         WHERE n.nspname = current_schema() AND a.amname = 'gin' AND c.relkind = 'i'",
+    );
+    assert_eq!(pending_pages.as_deref(), Some("0"), "nothing left pending");
+    // Without appends the cleaner does not run.
+    let after = store.pending_list_cleanups();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(store.pending_list_cleanups(), after);
+}
+
+#[test]
 fn text_blocks_find_rows_exactly_and_lose_purged_words() {
     let Some((schema, store)) = setup() else {
         return;
