@@ -264,9 +264,6 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
-/// Maps a driver error to the store's: lost connections, shutdowns, resource exhaustion,
-/// timeouts and serialization failures are `Unavailable` (retry later, 503); anything else
-/// is reported with its SQLSTATE as `Corrupt` (500).
 /// For the unit tests that need a server: its URL (`VELLUM_TEST_PG_URL`), or `None` after
 /// saying the test skips; under `VELLUM_REQUIRE_SERVICES=1` a missing URL fails the test.
 #[cfg(test)]
@@ -285,6 +282,9 @@ pub(crate) fn test_pg_url() -> Option<String> {
     url
 }
 
+/// Maps a driver error to the store's: lost connections, shutdowns, resource exhaustion,
+/// timeouts and serialization failures are `Unavailable` (retry later, 503); anything else
+/// is reported with its SQLSTATE as `Corrupt` (500).
 pub(crate) fn pg_err(e: tokio_postgres::Error) -> StoreError {
     if let Some(db) = e.as_db_error() {
         let code = db.code().code();

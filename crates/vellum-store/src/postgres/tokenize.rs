@@ -186,11 +186,9 @@ impl TsVector {
         let mut words: Vec<(u64, &[u8], u16)> = spans
             .iter()
             .map(|&(start, end, position)| {
-                let word = &buffer.as_bytes()[start as usize..end as usize];
-                let mut prefix = [0u8; 8];
-                let n = word.len().min(8);
-                prefix[..n].copy_from_slice(&word[..n]);
-                (u64::from_be_bytes(prefix), word, position)
+                let (prefix, word) =
+                    byte_order_key(&buffer.as_bytes()[start as usize..end as usize]);
+                (prefix, word, position)
             })
             .collect();
         words.sort_unstable();
@@ -227,21 +225,14 @@ impl TsVector {
 impl TsVector {
     /// The lexemes of `vectors` together, each once and without positions: the `tsvector` of a
     /// text block (`text_blocks`), which only has to say which words occur somewhere in its
-    /// events. Equal to `array_to_tsvector` of the distinct lexemes (test
-    /// `block_union_equals_array_to_tsvector`).
+    /// events. Equal to `array_to_tsvector` of the distinct lexemes (checked on a real server
+    /// by `binary_tsvector_equals_the_literal_input`).
     pub(crate) fn union<'a>(vectors: impl IntoIterator<Item = &'a TsVector>) -> TsVector {
         // Each vector's lexemes are sorted and distinct: merge them pairwise (n log k
-        // comparisons for k vectors, against n log n for sorting them all), each word keyed by
-        // its first 8 bytes as an integer as in `of`.
-        let key = |word: &'a [u8]| {
-            let mut prefix = [0u8; 8];
-            let n = word.len().min(8);
-            prefix[..n].copy_from_slice(&word[..n]);
-            (u64::from_be_bytes(prefix), word)
-        };
+        // comparisons for k vectors, against n log n for sorting them all).
         let mut lists: Vec<Vec<(u64, &[u8])>> = vectors
             .into_iter()
-            .map(|v| v.lexemes().map(key).collect())
+            .map(|v| v.lexemes().map(byte_order_key).collect())
             .collect();
         while lists.len() > 1 {
             let mut merged = Vec::with_capacity(lists.len().div_ceil(2));
@@ -285,6 +276,16 @@ impl TsVector {
             Some(word)
         })
     }
+}
+
+/// A word with its first 8 bytes as a big-endian integer (zero-padded): ordering the pairs
+/// orders the words bytewise, `tsvector`'s lexeme order, with most comparisons one integer
+/// comparison.
+fn byte_order_key(word: &[u8]) -> (u64, &[u8]) {
+    let mut prefix = [0u8; 8];
+    let n = word.len().min(8);
+    prefix[..n].copy_from_slice(&word[..n]);
+    (u64::from_be_bytes(prefix), word)
 }
 
 /// The union of two sorted lists of distinct words, sorted and distinct.
